@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make repro` (set up, run the pipeline) and
+# `make test` (set up, run the tests). Both are idempotent and offline apart
+# from the package index.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+# dvc runs each stage's `python -m stages.X` through PATH: make it the venv's.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup repro test clean-outputs
+
+setup: $(VENV)/.installed
+
+# Reinstall when the dependencies or their pinned versions change.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	pytest
+
+# Remove generated outputs (not metrics/ and plots/, which git tracks).
+clean-outputs:
+	rm -rf data models checkpoints

@@ -1,0 +1,1 @@
+"""DVC pipeline stages for the TensorFlow Eager tutorials."""

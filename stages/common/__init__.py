@@ -1,0 +1,1 @@
+"""Machinery shared by every stage: params, outputs, seeding, training, metrics, plots."""

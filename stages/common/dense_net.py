@@ -1,0 +1,20 @@
+"""The small fully connected network of tutorials 01–03."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+
+def build_dense_net(input_dim: int, hidden_units: Sequence[int], outputs: int, name: str = "dense_net") -> keras.Model:
+    """``Dense(h, relu)`` for each ``h`` in ``hidden_units``, then a linear ``Dense(outputs)``.
+
+    The last layer gives logits (classification) or values (regression); losses
+    take logits, as in the tutorials.
+    """
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,), name="features")]
+    for i, units in enumerate(hidden_units):
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))
+    layers.append(keras.layers.Dense(outputs, name="output"))
+    return keras.Sequential(layers, name=name)

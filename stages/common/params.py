@@ -1,0 +1,89 @@
+"""Typed, validated views of ``params.yaml``.
+
+Each stage declares a pydantic model for its own section. Loading validates the
+section before the stage does any work; a problem becomes a StageError naming
+the key, e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from stages.common.cli import StageError
+
+PARAMS_FILE = Path("params.yaml")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """Base for a params section: unknown keys and loose types are errors."""
+
+    # strict: YAML `epochs: "5"` or `epochs: 5.0` is a mistake, not an int.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """The whole params file as a mapping; a parse error names the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StageError(f"{path}:{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise StageError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing key"
+    message = error["msg"]
+    if kind == "value_error":  # a model's own check: its message says it all
+        return message.removeprefix("Value error, ")
+    message = message[0].lower() + message[1:] if message else message
+    message = message.replace("input should be", "must be")
+    return f"{message} (got {error['input']!r})"
+
+
+def validate(model: type[M], data: Any, where: str, path: Path = PARAMS_FILE) -> M:
+    """Validate ``data`` against ``model``; errors name ``where`` + the key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join([where, *(str(part) for part in error["loc"])])
+            problems.append(f"{key}: {_describe(error)}")
+        raise StageError(f"{path}: " + "; ".join(problems)) from None
+
+
+def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> tuple[int, M]:
+    """Return ``(seed, params)`` for one stage: the global seed and its validated section."""
+    data = read_params_file(path)
+    if "seed" not in data:
+        raise StageError(f"{path}: seed: missing key (one integer seed for every stage)")
+    seed = data["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise StageError(f"{path}: seed: must be an integer in [0, 2**31) (got {seed!r})")
+    node: Any = data
+    walked: list[str] = []
+    for part in section.split("."):  # "metrics_demo.wine" names a nested section
+        walked.append(part)
+        if not isinstance(node, dict) or part not in node:
+            raise StageError(f"{path}: {'.'.join(walked)}: missing section")
+        node = node[part]
+    return seed, validate(model, node, section, path)

@@ -1,0 +1,78 @@
+"""Streaming metric objects (updated batch by batch) for the tutorial-02 metrics.
+
+Keras ships accuracy, AUC, MSE and R²; what it lacks is a confusion matrix for
+any number of classes, from which macro precision, recall and F1 follow.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def predicted_classes(predictions: tf.Tensor) -> tf.Tensor:
+    """Class ids from logits or probabilities: argmax, or a 0.5 / 0-logit cut for one column."""
+    predictions = tf.convert_to_tensor(predictions)
+    if predictions.shape[-1] == 1:
+        return tf.cast(tf.reshape(predictions, [-1]) > 0.0, tf.int64)
+    return tf.argmax(predictions, axis=-1, output_type=tf.int64)
+
+
+class ConfusionMatrix(keras.metrics.Metric):
+    """Counts of (true class, predicted class) pairs; rows are true classes."""
+
+    def __init__(self, num_classes: int, name: str = "confusion_matrix", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.counts = self.add_variable(
+            shape=(num_classes, num_classes), initializer="zeros", dtype="int64", name="counts"
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
+        batch = tf.math.confusion_matrix(
+            labels, predicted_classes(y_pred), num_classes=self.num_classes, dtype=tf.int64
+        )
+        self.counts.assign_add(batch)
+
+    def result(self):
+        return self.counts.value
+
+    def reset_state(self) -> None:
+        self.counts.assign(tf.zeros_like(self.counts.value))
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    # 0/0 counts as 0, as scikit-learn's zero_division=0 does.
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0)
+
+
+def classification_report(confusion: np.ndarray) -> dict[str, object]:
+    """Accuracy, per-class and macro precision/recall/F1 from a confusion matrix."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positives = np.diag(confusion)
+    precision = _safe_divide(true_positives, confusion.sum(axis=0))
+    recall = _safe_divide(true_positives, confusion.sum(axis=1))
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    total = confusion.sum()
+    return {
+        "accuracy": float(true_positives.sum() / total) if total else 0.0,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+    }
+
+
+def roc_points(auc: keras.metrics.AUC) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, threshold) per threshold of a ROC ``AUC``."""
+    tp = np.asarray(auc.true_positives.numpy(), dtype=np.float64)
+    fp = np.asarray(auc.false_positives.numpy(), dtype=np.float64)
+    fn = np.asarray(auc.false_negatives.numpy(), dtype=np.float64)
+    tn = np.asarray(auc.true_negatives.numpy(), dtype=np.float64)
+    tpr = _safe_divide(tp, tp + fn)
+    fpr = _safe_divide(fp, fp + tn)
+    return fpr, tpr, np.asarray(auc.thresholds, dtype=np.float64)

@@ -1,0 +1,341 @@
+"""The eager training loop every model in the pipeline uses.
+
+``Trainer.train_step`` is the tutorial's loop body, unchanged: a forward pass
+under ``tf.GradientTape``, gradients, ``optimizer.apply_gradients``. It runs
+compiled with ``tf.function`` unless ``run_eagerly`` is set (for debugging with
+print/pdb). Around it, ``fit`` adds what a real run needs: per-epoch metrics,
+early stopping that restores the best weights, checkpoints that let an
+interrupted run resume where it stopped, and a progress bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from stages.common.outputs import clean_float
+
+log = logging.getLogger(__name__)
+
+Batches = Iterable[tuple[Any, Any]]
+MetricFactory = Callable[[], keras.metrics.Metric]
+History = list[dict[str, float]]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; keep the best weights."""
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def improved(self, value: float, best: float) -> bool:
+        if self.mode == "min":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+    @property
+    def worst(self) -> float:
+        return np.inf if self.mode == "min" else -np.inf
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None) -> Callable[[int], tf.data.Dataset]:
+    """Epoch -> batches of in-memory arrays, reshuffled per epoch from ``seed + epoch``.
+
+    Seeding by epoch (not by a generator's running state) means a run resumed at
+    epoch k sees exactly the batches an uninterrupted run would have seen.
+    """
+    base = tf.data.Dataset.from_tensor_slices((x, y))
+
+    def batches(epoch: int) -> tf.data.Dataset:
+        data = base
+        if seed is not None:
+            data = data.shuffle(len(x), seed=seed + epoch, reshuffle_each_iteration=False)
+        return data.batch(batch_size)
+
+    return batches
+
+
+class Trainer:
+    """A model, its optimizer and loss, and the train/eval steps that use them."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        loss: keras.losses.Loss,
+        metrics: Mapping[str, MetricFactory] | None = None,
+        run_eagerly: bool = False,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss
+        metrics = dict(metrics or {})
+        self.train_loss = keras.metrics.Mean(name="loss")
+        self.eval_loss = keras.metrics.Mean(name="val_loss")
+        self.train_metrics = {name: make() for name, make in metrics.items()}
+        self.eval_metrics = {name: make() for name, make in metrics.items()}
+        if run_eagerly:
+            self.train_step, self.eval_step, self.predict_step = self._train_step, self._eval_step, self._predict_step
+        else:
+            # reduce_retracing: the last, smaller batch of an epoch must not trace a new graph each time.
+            self.train_step = tf.function(self._train_step, reduce_retracing=True)
+            self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
+            self.predict_step = tf.function(self._predict_step, reduce_retracing=True)
+
+    # -- the steps: small functions of (model state, batch) -------------------------------
+
+    def _train_step(self, x: Any, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            predictions = self.model(x, training=True)
+            loss = self.loss(y, predictions)
+            if self.model.losses:  # weight regularizers, if a model has any
+                loss = loss + tf.add_n(self.model.losses)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        self.train_loss.update_state(loss, sample_weight=tf.shape(y)[0])
+        for metric in self.train_metrics.values():
+            metric.update_state(y, predictions)
+        return loss
+
+    def _eval_step(self, x: Any, y: tf.Tensor) -> tf.Tensor:
+        predictions = self.model(x, training=False)
+        loss = self.loss(y, predictions)
+        self.eval_loss.update_state(loss, sample_weight=tf.shape(y)[0])
+        for metric in self.eval_metrics.values():
+            metric.update_state(y, predictions)
+        return predictions
+
+    def _predict_step(self, x: Any) -> tf.Tensor:
+        return self.model(x, training=False)
+
+    # -- loops around the steps ------------------------------------------------------------
+
+    def train_epoch(self, batches: Batches) -> dict[str, float]:
+        """One pass over ``batches``; returns the epoch's mean loss and metrics."""
+        self.train_loss.reset_state()
+        for metric in self.train_metrics.values():
+            metric.reset_state()
+        for x, y in batches:
+            self.train_step(x, y)
+        logs = {"loss": float(self.train_loss.result())}
+        logs.update({name: float(m.result()) for name, m in self.train_metrics.items()})
+        return logs
+
+    def evaluate(self, batches: Batches, prefix: str = "val_") -> dict[str, float]:
+        """Loss and metrics of the current weights on ``batches`` (no training)."""
+        self.eval_loss.reset_state()
+        for metric in self.eval_metrics.values():
+            metric.reset_state()
+        for x, y in batches:
+            self.eval_step(x, y)
+        logs = {f"{prefix}loss": float(self.eval_loss.result())}
+        logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
+        return logs
+
+    def predict(self, batches: Iterable[Any]) -> np.ndarray:
+        """Model outputs for every batch of inputs, concatenated."""
+        return np.concatenate([self.predict_step(x).numpy() for x in batches], axis=0)
+
+    def fit(
+        self,
+        train: Callable[[int], Batches],
+        epochs: int,
+        validation: Callable[[], Batches] | None = None,
+        early_stopping: EarlyStopping | None = None,
+        checkpoint_dir: Path | None = None,
+        checkpoint_every_s: float = 60.0,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+        desc: str = "train",
+    ) -> History:
+        """Train for up to ``epochs`` epochs and return one dict of metrics per epoch.
+
+        ``train(epoch)`` gives that epoch's batches. With ``checkpoint_dir`` the
+        full state (weights, optimizer, epoch, early-stopping state, history) is
+        saved at most every ``checkpoint_every_s`` seconds and at the end, and a
+        later call with the same directory resumes from it.
+        """
+        state = _FitState(self, early_stopping)
+        manager = None
+        if checkpoint_dir is not None:
+            manager = tf.train.CheckpointManager(state.checkpoint, str(checkpoint_dir), max_to_keep=1)
+            state.restore(manager, checkpoint_dir)
+
+        start = int(state.epoch.numpy())
+        bar = tqdm(
+            total=epochs, initial=start, desc=desc, unit="epoch", file=sys.stderr,
+            disable=None, dynamic_ncols=True, mininterval=0.5,
+        )
+        last_save = time.monotonic()
+        log_every = max(1, epochs // 10)
+        try:
+            for epoch in range(start, epochs):
+                if bool(state.finished.numpy()):
+                    break
+                logs = {"epoch": epoch + 1, **self.train_epoch(train(epoch))}
+                if validation is not None:
+                    logs.update(self.evaluate(validation()))
+                state.history.append(logs)
+                stop = state.update_early_stopping(logs)
+                state.epoch.assign(epoch + 1)
+                if stop or epoch + 1 == epochs:
+                    state.finished.assign(True)
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
+                if bar.disable and ((epoch + 1) % log_every == 0 or stop):
+                    log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, logs)
+                if manager is not None and (bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s):
+                    state.save(manager, checkpoint_dir)
+                    last_save = time.monotonic()
+                if stop:
+                    log.info(
+                        "early stopping at epoch %d: best %s %.4g at epoch %d",
+                        epoch + 1, early_stopping.monitor, float(state.best_value.numpy()), int(state.best_epoch.numpy()),
+                    )
+                    break
+        finally:
+            bar.close()
+        state.finished.assign(True)
+        state.restore_best_weights()
+        return state.history
+
+
+def _format(logs: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "epoch")
+
+
+class _FitState:
+    """Everything ``fit`` must carry across an interruption, as one tf.train.Checkpoint."""
+
+    def __init__(self, trainer: Trainer, early_stopping: EarlyStopping | None) -> None:
+        model = trainer.model
+        if not model.built:
+            raise ValueError("build the model (e.g. with keras.Input) before training")
+        # Optimizer slots are created lazily; build them now so a restore has a target.
+        trainer.optimizer.build(model.trainable_variables)
+        self.model = model
+        self.early_stopping = early_stopping
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.finished = tf.Variable(False, trainable=False)
+        worst = early_stopping.worst if early_stopping else np.inf
+        self.best_value = tf.Variable(worst, dtype=tf.float64, trainable=False)
+        self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_weights = [tf.Variable(np.asarray(w), trainable=False) for w in model.weights]
+        self.history: History = []
+        self.checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=trainer.optimizer, epoch=self.epoch, finished=self.finished,
+            best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait,
+            best_weights=self.best_weights,
+        )
+
+    def update_early_stopping(self, logs: Mapping[str, float]) -> bool:
+        """Record an improvement (and its weights); return True when it is time to stop."""
+        es = self.early_stopping
+        if es is None:
+            return False
+        if es.monitor not in logs:
+            raise KeyError(f"early stopping monitors {es.monitor!r}, but the epoch logged only {sorted(logs)}")
+        value = float(logs[es.monitor])
+        if es.improved(value, float(self.best_value.numpy())):
+            self.best_value.assign(value)
+            self.best_epoch.assign(int(logs["epoch"]))
+            self.wait.assign(0)
+            for best, weight in zip(self.best_weights, self.model.weights):
+                best.assign(weight)
+            return False
+        self.wait.assign_add(1)
+        return int(self.wait.numpy()) >= es.patience
+
+    def restore_best_weights(self) -> None:
+        if self.early_stopping is not None and int(self.best_epoch.numpy()) > 0:
+            for weight, best in zip(self.model.weights, self.best_weights):
+                weight.assign(best)
+
+    def save(self, manager: tf.train.CheckpointManager, directory: Path) -> None:
+        manager.save(checkpoint_number=int(self.epoch.numpy()))
+        tmp = directory / "history.json.tmp"
+        tmp.write_text(json.dumps(clean_float(self.history)), encoding="utf-8")
+        tmp.replace(directory / "history.json")
+
+    def restore(self, manager: tf.train.CheckpointManager, directory: Path) -> None:
+        if manager.latest_checkpoint is None:
+            return
+        self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        history_file = directory / "history.json"
+        history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.exists() else []
+        self.history = history[: int(self.epoch.numpy())]
+        log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(self.epoch.numpy()))
+
+
+def checkpoint_dir(root: Path | str, stage: str, params: Any, seed: int) -> Path:
+    """The resumable-checkpoint folder of one run: ``root/stage/<key>``.
+
+    The key hashes the stage name, its params, the seed and the source of every
+    ``stages`` module loaded, so a checkpoint is only ever resumed by the very
+    run that wrote it. Folders of other keys are stale and removed.
+    """
+    stage_root = Path(root) / stage
+    digest = hashlib.sha256()
+    payload = params.model_dump(mode="json") if hasattr(params, "model_dump") else params
+    digest.update(json.dumps({"stage": stage, "seed": seed, "params": payload}, sort_keys=True).encode())
+    package_dir = Path(__file__).resolve().parents[1]
+    for file in sorted(_loaded_stage_files(package_dir)):
+        digest.update(file.relative_to(package_dir).as_posix().encode())
+        digest.update(file.read_bytes())
+    key = digest.hexdigest()[:16]
+    if stage_root.is_dir():
+        for other in stage_root.iterdir():
+            if other.name not in (key, "README.txt"):
+                _rmtree(other)
+    path = stage_root / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+CHECKPOINTS_README = (
+    "Resumable training state of an interrupted run of this stage appears here;\n"
+    "a finished run removes it. Safe to delete.\n"
+)
+
+
+def clear_checkpoints(path: Path) -> None:
+    """Drop a finished run's checkpoints: they exist only to resume an interrupted run.
+
+    A fixed README stays in the stage's folder so DVC does not warn about an empty out.
+    """
+    _rmtree(path)
+    (path.parent / "README.txt").write_text(CHECKPOINTS_README, encoding="utf-8")
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _loaded_stage_files(package_dir: Path) -> set[Path]:
+    files = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(package_dir):
+            files.add(Path(file).resolve())
+    return files

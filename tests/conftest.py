@@ -1,0 +1,65 @@
+"""Shared fixtures: the repository root, and running stages the way DVC does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["DVC_NO_ANALYTICS"] = "1"
+
+
+def stage_env() -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first, as `make` sets it."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd``; on an unexpected failure show its output."""
+    result = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result
+
+
+def project_files() -> list[str]:
+    """The files a fresh clone has: tracked plus new, not ignored."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    return [f for f in listing.split("\0") if f and (ROOT / f).is_file()]
+
+
+def copy_project(dest: Path, files: list[str] | None = None) -> Path:
+    """Copy the project (or some of its files) into ``dest`` as a fresh git repository."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in files if files is not None else project_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.email", "tests@example.invalid"],
+        ["git", "config", "user.name", "tests"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "project under test"],
+    ):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A scratch copy of params.yaml and the stages, for running single stages."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    return copy_project(tmp_path / "project", files)
