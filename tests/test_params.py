@@ -86,3 +86,8 @@ def test_stage_exits_nonzero_with_one_line_and_keeps_outputs(workdir: Path, para
         "error: params.yaml: toy_data.regression.n_samples: must be greater than or equal to 10 (got -3)"
     ]
     assert {p: p.read_bytes() for p in (workdir / "data/toy").iterdir()} == before
+
+
+def test_impossible_unquoted_date_is_one_line(workdir: Path) -> None:
+    (workdir / "params.yaml").write_text("seed: 1\nsimple_nn:\n  start: 2015-13-01\n", encoding="utf-8")
+    assert "params.yaml: invalid value" in error_of(workdir / "params.yaml")

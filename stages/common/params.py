@@ -40,6 +40,8 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise StageError(f"{path}:{where}: invalid YAML: {problem}") from None
+    except ValueError as exc:  # e.g. an unquoted impossible date such as 2015-13-01
+        raise StageError(f"{path}: invalid value: {exc}") from None
     if not isinstance(data, dict):
         raise StageError(f"{path}: expected a mapping of sections at the top level")
     return data

@@ -57,16 +57,15 @@ class EarlyStopping:
 def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None) -> Callable[[int], tf.data.Dataset]:
     """Epoch -> batches of in-memory arrays, reshuffled per epoch from ``seed + epoch``.
 
-    Seeding by epoch (not by a generator's running state) means a run resumed at
-    epoch k sees exactly the batches an uninterrupted run would have seen.
+    The order depends only on ``seed + epoch`` (not on a generator's running
+    state or TF's global seed), so a run resumed at epoch k sees exactly the
+    batches an uninterrupted run would have seen.
     """
-    base = tf.data.Dataset.from_tensor_slices((x, y))
+    x, y = np.asarray(x), np.asarray(y)
 
     def batches(epoch: int) -> tf.data.Dataset:
-        data = base
-        if seed is not None:
-            data = data.shuffle(len(x), seed=seed + epoch, reshuffle_each_iteration=False)
-        return data.batch(batch_size)
+        order = np.arange(len(x)) if seed is None else np.random.default_rng(seed + epoch).permutation(len(x))
+        return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
 
     return batches
 
@@ -199,11 +198,11 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
                 if bar.disable and ((epoch + 1) % log_every == 0 or stop):
                     log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, logs)
                 if manager is not None and (bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s):
                     state.save(manager, checkpoint_dir)
                     last_save = time.monotonic()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, logs)
                 if stop:
                     log.info(
                         "early stopping at epoch %d: best %s %.4g at epoch %d",

@@ -1,0 +1,57 @@
+"""Every stage declares all the code it runs, its params, and nothing missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stage_imports import ROOT, stage_code_files
+
+
+def dvc_stages() -> dict[str, object]:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+STAGES = dvc_stages()
+
+
+def test_pipeline_has_the_tutorial_stages() -> None:
+    expected = {"toy_data", "simple_nn", "metrics_demo@multiclass", "metrics_demo@imbalanced",
+                "metrics_demo@regression", "save_restore"}
+    assert expected <= set(STAGES)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_lists_every_module_it_imports(name: str) -> None:
+    stage = STAGES[name]
+    declared = {Path(str(dep.fs_path)).relative_to(ROOT).as_posix() for dep in stage.deps if not hasattr(dep, "params")}
+    needed = {f for f in stage_code_files(stage.cmd) if f != "stages/__init__.py" or Path(ROOT / f).stat().st_size}
+    missing = sorted(needed - declared - {"stages/__init__.py", "stages/common/__init__.py"})
+    assert not missing, f"{name}: add to deps in dvc.yaml: {missing}"
+    code_deps = {d for d in declared if d.startswith("stages/")}
+    unused = sorted(code_deps - needed)
+    assert not unused, f"{name}: deps in dvc.yaml that it does not import: {unused}"
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_params_exist_and_include_the_seed(name: str) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    keys = [key for dep in STAGES[name].deps if hasattr(dep, "params") for key in (dep.params or [])]
+    assert "seed" in keys, f"{name}: every stage reads the global seed"
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{name}: params.yaml has no {key}"
+            node = node[part]
+
+
+def test_every_params_section_is_used_by_a_stage() -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    used = {key.split(".")[0] for stage in STAGES.values() for dep in stage.deps
+            if hasattr(dep, "params") for key in (dep.params or [])}
+    assert set(params) - used == set(), "params.yaml sections no stage reads"
