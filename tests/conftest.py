@@ -59,6 +59,15 @@ def copy_project(dest: Path, files: list[str] | None = None) -> Path:
 
 
 @pytest.fixture
+def http_server():
+    """A real file server on 127.0.0.1 (Range requests, injectable faults), stopped after the test."""
+    from http_server import FileServer
+
+    with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A scratch copy of params.yaml and the stages, for running single stages."""
     files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]

@@ -84,6 +84,18 @@ def atomic_outputs() -> Iterator[Outputs]:
     outputs._commit()
 
 
+def keep_folder(path: Path, note: str) -> None:
+    """Create a declared-but-often-empty out folder (downloads, checkpoints) with a README.
+
+    The fixed README makes the folder's DVC hash stable and stops DVC warning
+    that the out is empty.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    readme = path / "README.txt"
+    if not readme.exists() or readme.read_text(encoding="utf-8") != note:
+        readme.write_text(note, encoding="utf-8")
+
+
 def clean_float(value: Any) -> Any:
     """Plain Python numbers, rounded, so JSON and TSV bytes do not depend on dtype."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:

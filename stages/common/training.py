@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from stages.common.outputs import clean_float
+from stages.common.outputs import clean_float, keep_folder
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ def clear_checkpoints(path: Path) -> None:
     A fixed README stays in the stage's folder so DVC does not warn about an empty out.
     """
     _rmtree(path)
-    (path.parent / "README.txt").write_text(CHECKPOINTS_README, encoding="utf-8")
+    keep_folder(path.parent, CHECKPOINTS_README)
 
 
 def _rmtree(path: Path) -> None:

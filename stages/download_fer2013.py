@@ -1,0 +1,316 @@
+"""Stage ``download_fer2013``: the FER2013 faces as one validated, normalized CSV.
+
+``fer2013.source`` picks where the data comes from:
+
+- ``sample`` (default): procedurally drawn faces (stages/fer2013_sample.py),
+  written as a real ``fer2013.csv`` and then read like any user's file;
+- ``path``: a file the user has: ``fer2013.csv``, ``fer2013.tar.gz`` (holding
+  ``fer2013/fer2013.csv``), the Kaggle competition zip, or ``icml_face_data.csv``
+  (columns ``emotion, Usage, pixels``); the form is told from the content;
+- ``kaggle``: the competition zip through the official ``kaggle`` package
+  (optional extra ``pip install .[kaggle]``, with the user's API credentials);
+- ``url``: a mirror of any of those forms, checked against ``fer2013.sha256``.
+
+Every row is checked (emotion 0–6, Usage, 2,304 integer pixels 0–255);
+``fer2013.on_bad_row: fail`` stops at the first bad row with its line number,
+``skip`` drops and counts them. Writes ``data/raw/fer2013/fer2013.csv``
+(``emotion,pixels,Usage``, the original row order) and the data report
+``metrics/data_fer2013.json``. Downloads are kept in ``data/downloads/fer2013``
+so a later run with other params does not fetch them again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import io
+import logging
+import os
+import sys
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Literal
+from urllib.parse import urlparse
+
+import numpy as np
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from stages import fer2013_sample
+from stages.common.archives import check_member_name
+from stages.common.cli import StageError, run_stage
+from stages.common.download import download, sha256_file
+from stages.common.fer2013_csv import (
+    BAD_ROW_REASONS,
+    COLUMNS,
+    EMOTIONS,
+    FER2013_SPLIT_ROWS,
+    HEADER,
+    PIXELS,
+    USAGES,
+    BadRow,
+    find_columns,
+    format_rows,
+    read_rows,
+)
+from stages.common.outputs import atomic_outputs, keep_folder, write_json
+from stages.common.params import Section, load_params
+
+log = logging.getLogger(__name__)
+OUT_DIR = Path("data/raw/fer2013")
+CSV_NAME = "fer2013.csv"
+REPORT = Path("metrics/data_fer2013.json")
+DOWNLOAD_DIR = Path("data/downloads/fer2013")
+COMPETITION = "challenges-in-representation-learning-facial-expression-recognition-challenge"
+# The competition zip holds example_submission.csv, fer2013.tar.gz, icml_face_data.csv,
+# train.csv and test.csv; only the last two lack the Usage column. Preferred first:
+CSV_MEMBERS = ("fer2013.csv", "icml_face_data.csv")
+TAR_MEMBER = "fer2013.tar.gz"
+EXAMPLES_KEPT = 10  # bad rows quoted in the report
+# What a damaged or truncated archive raises while it is being read.
+_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+
+
+class SampleSize(Section):
+    preset: Literal["small", "full"] = Field("small", description="full: the real 28,709 / 3,589 / 3,589 rows")
+    training: int = Field(3000, ge=1, description="rows per split with preset small")
+    public_test: int = Field(400, ge=1)
+    private_test: int = Field(400, ge=1)
+
+    def rows(self) -> dict[str, int]:
+        if self.preset == "full":
+            return dict(FER2013_SPLIT_ROWS)
+        return {"Training": self.training, "PublicTest": self.public_test, "PrivateTest": self.private_test}
+
+
+class Fer2013Params(Section):
+    source: Literal["sample", "path", "kaggle", "url"] = "sample"
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
+    size: int | None = Field(None, gt=0, description="bytes expected from url")
+    on_bad_row: Literal["fail", "skip"] = "fail"
+    sample: SampleSize = SampleSize()
+
+    @model_validator(mode="after")
+    def _source_has_what_it_needs(self) -> "Fer2013Params":
+        if self.source == "path" and not self.path:
+            raise ValueError("path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip or icml_face_data.csv)")
+        if self.source == "url" and not self.url:
+            raise ValueError("url: required with source: url")
+        if self.source == "url" and not self.sha256:
+            raise ValueError("sha256: required with source: url (the checksum of the mirror's file)")
+        return self
+
+
+# --- getting the source file -------------------------------------------------
+
+
+def fetch_url(url: str, sha256: str, size: int | None) -> Path:
+    """Download a mirror into the download cache (reused when its sha256 matches)."""
+    name = PurePosixPath(urlparse(url).path).name or "fer2013-download"
+    return download(url, DOWNLOAD_DIR / name, sha256, size)
+
+
+def kaggle_credentials() -> bool:
+    """Whether the kaggle package will find API credentials, without importing it."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return True
+    dirs = [os.environ.get("KAGGLE_CONFIG_DIR"), "~/.kaggle", "~/.config/kaggle"]
+    return any(Path(d).expanduser().joinpath("kaggle.json").is_file() for d in dirs if d)
+
+
+def fetch_kaggle() -> Path:
+    """The competition zip, downloaded with the official kaggle package."""
+    # Checked before importing: `import kaggle` authenticates at import time and,
+    # without credentials, prints a notice or raises from deep inside.
+    if importlib.util.find_spec("kaggle") is None:
+        raise StageError("fer2013.source: kaggle needs the kaggle package: pip install '.[kaggle]' "
+                         "(or download the data yourself and use source: path)")
+    if not kaggle_credentials():
+        raise StageError("fer2013.source: kaggle: no Kaggle API credentials: put kaggle.json (kaggle.com > "
+                         "Settings > API > Create New Token) in ~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY; "
+                         "or download the competition data yourself and use source: path")
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
+        api.authenticate()
+        api.competition_download_files(COMPETITION, path=str(DOWNLOAD_DIR), quiet=False)
+    except Exception as exc:  # the kaggle API raises many types (HTTP, auth, IO); all end the stage
+        detail = " ".join(str(exc).split())[:200]
+        raise StageError(f"kaggle: downloading {COMPETITION} failed ({detail}); accept the competition rules on "
+                         f"kaggle.com/c/{COMPETITION}/rules, or use source: path") from None
+    archive = DOWNLOAD_DIR / f"{COMPETITION}.zip"
+    if not archive.is_file():
+        raise StageError(f"kaggle: expected {archive} after the download; use source: path with the file you got")
+    return archive
+
+
+# --- reading the CSV out of whichever form the file has ----------------------
+
+
+@contextmanager
+def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str]]:
+    """The FER2013 CSV inside ``path`` (plain CSV, tar(.gz) or zip) as a binary stream and its display name."""
+    with ExitStack() as stack:
+        if zipfile.is_zipfile(path):
+            yield _csv_in_zip(stack, stack.enter_context(zipfile.ZipFile(path)), name)
+        elif tarfile.is_tarfile(path):
+            yield _csv_in_tar(stack, stack.enter_context(tarfile.open(path, "r:*")), name)
+        else:
+            yield stack.enter_context(path.open("rb")), name
+
+
+def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str) -> tuple[BinaryIO, str]:
+    files = [info for info in zf.infolist() if not info.is_dir()]
+    by_name = {PurePosixPath(info.filename).name: info for info in files}
+    for wanted in CSV_MEMBERS:
+        if wanted in by_name:
+            return _member(stack, zf, by_name[wanted], name)
+    if TAR_MEMBER in by_name:  # the competition zip also carries the original tarball
+        info = by_name[TAR_MEMBER]
+        check_member_name(Path(name), info.filename)
+        tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(zf.open(info)), mode="r:*"))
+        return _csv_in_tar(stack, tar, f"{name}:{info.filename}")
+    for info in files:  # last resort: any CSV with the three columns, whatever its name
+        if info.filename.lower().endswith(".csv"):
+            with zf.open(info) as f:
+                header = f.readline().decode("utf-8", "replace").split(",")
+            if find_columns(header):
+                return _member(stack, zf, info, name)
+    listing = ", ".join(info.filename for info in files[:10])
+    raise StageError(f"{name}: no FER2013 CSV inside (looked for {', '.join(CSV_MEMBERS)}, {TAR_MEMBER} or a CSV "
+                     f"with columns {','.join(COLUMNS)}; found: {listing})")
+
+
+def _member(stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple[BinaryIO, str]:
+    check_member_name(Path(name), info.filename)
+    return stack.enter_context(zf.open(info)), f"{name}:{info.filename}"
+
+
+def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str) -> tuple[BinaryIO, str]:
+    # Members are read in order up to the CSV, whose data follows its header, so
+    # nothing is decompressed twice. (Not the streaming "r|" mode: io.TextIOWrapper
+    # needs a member file that answers seekable(), which streaming mode's does not.)
+    for member in tar:
+        if PurePosixPath(member.name).name in CSV_MEMBERS:
+            check_member_name(Path(name), member.name)
+            if not member.isfile():
+                raise StageError(f"{name}: refusing member {member.name!r}: not a regular file")
+            return stack.enter_context(tar.extractfile(member)), f"{name}:{member.name}"
+    raise StageError(f"{name}: no {' or '.join(CSV_MEMBERS)} inside the tar archive")
+
+
+# --- validating and normalizing ----------------------------------------------
+
+
+def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int | None = None) -> dict:
+    """Check every row of the FER2013 CSV in ``path`` and write the good ones to ``out_csv``.
+
+    Returns the row statistics of the data report. With ``on_bad_row: fail``
+    the first bad row raises StageError naming the file and line.
+    """
+    counts = np.zeros((len(USAGES), len(EMOTIONS)), dtype=np.int64)
+    found = dict.fromkeys(BAD_ROW_REASONS, 0)
+    examples: list[str] = []
+    pixel_sum = pixel_squares = 0  # Python ints: exact, so the report is byte-stable
+    try:
+        with open_csv(path, name) as (stream, member_name), out_csv.open("wb") as out, tqdm(
+            total=total, desc=CSV_NAME, unit=" rows", file=sys.stderr, disable=None, leave=False
+        ) as bar:
+            text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
+            out.write(HEADER.encode())
+            for chunk, bad in read_rows(text, member_name):
+                if bad and on_bad_row == "fail":
+                    raise StageError(f"{_describe(member_name, bad[0])} (fer2013.on_bad_row: skip drops such rows)")
+                for row in bad:
+                    found[row.reason] += 1
+                    if len(examples) < EXAMPLES_KEPT:
+                        examples.append(_describe(member_name, row))
+                out.write(format_rows(chunk.emotions, chunk.pixels, chunk.usages))
+                np.add.at(counts, (chunk.usages, chunk.emotions), 1)
+                pixels = chunk.pixels.astype(np.int64)
+                pixel_sum += int(pixels.sum())
+                pixel_squares += int((pixels * pixels).sum())
+                bar.update(len(chunk.emotions) + len(bad))
+    except _CORRUPT as exc:
+        raise StageError(f"{name}: truncated or corrupt archive ({' '.join(str(exc).split())})") from None
+    rows = int(counts.sum())
+    if rows == 0:
+        raise StageError(f"{name}: no valid rows")
+    skipped = sum(found.values())
+    if skipped:
+        log.warning("skipped %d bad rows: %s (first: %s)", skipped,
+                    ", ".join(f"{k} {v}" for k, v in found.items() if v), examples[0])
+    for usage, n in zip(USAGES, counts.sum(axis=1)):
+        if n == 0:
+            log.warning("%s: no %s rows; the stages after this one need all three Usage splits", name, usage)
+    n_pixels = rows * PIXELS
+    mean = pixel_sum / n_pixels
+    return {
+        "rows": rows,
+        "rows_per_split": {usage: int(n) for usage, n in zip(USAGES, counts.sum(axis=1))},
+        "rows_per_class": {emotion: int(n) for emotion, n in zip(EMOTIONS, counts.sum(axis=0))},
+        "rows_per_split_and_class": {
+            usage: {emotion: int(n) for emotion, n in zip(EMOTIONS, row)} for usage, row in zip(USAGES, counts)
+        },
+        "bad_rows": {"found": found, "skipped": skipped, "examples": examples},
+        "pixels": {"mean": mean, "std": max(pixel_squares / n_pixels - mean * mean, 0.0) ** 0.5},
+    }
+
+
+def _describe(name: str, row: BadRow) -> str:
+    return f"{name}: line {row.line}: {row.message}"
+
+
+# --- the stage ---------------------------------------------------------------
+
+
+def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, str]:
+    """The file to read for ``p.source``: its path, its name in messages, and its origin for the report."""
+    if p.source == "sample":
+        rows = p.sample.rows()
+        log.info("drawing %d sample faces (%s)", sum(rows.values()), ", ".join(f"{k} {v}" for k, v in rows.items()))
+        fer2013_sample.write_sample(scratch / CSV_NAME, rows, seed)
+        return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/fer2013_sample.py, seed {seed}"
+    if p.source == "path":
+        path = Path(p.path).expanduser()
+        if not path.is_file():
+            raise StageError(f"params.yaml: fer2013.path: {p.path}: file not found")
+        return path, p.path, p.path
+    if p.source == "url":
+        path = fetch_url(p.url, p.sha256, p.size)
+        return path, path.name, p.url
+    path = fetch_kaggle()
+    return path, path.name, f"kaggle competition {COMPETITION}"
+
+
+def main() -> None:
+    seed, p = load_params("fer2013", Fer2013Params)
+    OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
+    # The generated sample is scratch: the normalized CSV written from it is the output.
+    with tempfile.TemporaryDirectory(prefix=".fer2013-sample.", dir=OUT_DIR.parent) as scratch:
+        source, name, origin = source_file(p, seed, Path(scratch))
+        digest = sha256_file(source)
+        if p.source == "path" and p.sha256 and digest != p.sha256.lower():
+            raise StageError(f"{p.path}: sha256 mismatch: expected {p.sha256.lower()}, got {digest}")
+        total = sum(p.sample.rows().values()) if p.source == "sample" else None
+        with atomic_outputs() as out:
+            stats = normalize(source, name, out.directory(OUT_DIR) / CSV_NAME, p.on_bad_row, total)
+            write_json(out.file(REPORT), {"source": p.source, "origin": origin, "sha256": digest, **stats})
+    keep_folder(DOWNLOAD_DIR, "Downloaded FER2013 files (source: url or kaggle) are kept here, checked by sha256.\n")
+    log.info("%s: %d rows (%s); %d bad rows skipped", OUT_DIR / CSV_NAME, stats["rows"],
+             ", ".join(f"{k} {v}" for k, v in stats["rows_per_split"].items()), stats["bad_rows"]["skipped"])
+
+
+if __name__ == "__main__":
+    run_stage(main, "download_fer2013")

@@ -1,0 +1,295 @@
+"""Stage ``download_imdb``: the IMDB reviews (aclImdb v1) in a normalized raw form, and a data report.
+
+``imdb.source`` picks where the reviews come from:
+
+- ``sample`` (default): the embedded generator (stages/imdb_sample.py) writes an
+  aclImdb tree, which then goes through the same checks as the real data;
+- ``url``: the official Stanford tarball (or a mirror), streamed into
+  ``data/downloads/imdb/`` with resume and retries, checked against ``imdb.sha256``
+  (and ``imdb.size``) before anything is extracted; a verified download is
+  kept there as a cache, so a re-run does not fetch 84 MB again;
+- ``path``: a local ``aclImdb_v1.tar.gz`` or an extracted ``aclImdb/`` folder
+  (or the folder holding it).
+
+Every source ends in ``data/raw/imdb/aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt``
+(plus ``train/unsup/`` with ``imdb.include_unsup``), re-written as UTF-8, and
+``metrics/data_imdb.json``: reviews per split and class, token counts
+(whitespace tokens once tags such as ``<br />`` are removed), the problems
+found, ``source_sha256`` (the tarball's; null for ``sample`` and for a folder)
+and ``tree_sha256``, a digest of the normalized tree that is equal whenever the
+reviews are, whatever the source.
+
+Checks: a file name must be ``{id}_{rating}.txt`` and its rating must fit its
+folder (1-4 neg, 7-10 pos, 0 unsup); ``imdb.on_bad_file`` says whether such a
+file stops the stage (``fail``, naming it) or is skipped and counted
+(``skip``). Invalid UTF-8 bytes are replaced and counted; empty reviews are
+kept and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, model_validator
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+
+log = logging.getLogger(__name__)
+
+RAW_DIR = Path("data/raw/imdb")
+DOWNLOADS = Path("data/downloads/imdb")  # per stage: two stages cannot both declare one out
+REPORT = Path("metrics/data_imdb.json")
+
+OFFICIAL_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+OFFICIAL_SIZE = 84_125_825
+OFFICIAL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
+
+LABELLED = [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")]
+UNSUP = ("train", "unsup")
+RATINGS = {"neg": range(1, 5), "pos": range(7, 11), "unsup": range(0, 1)}
+FILE_NAME = re.compile(r"(\d+)_(\d+)\.txt")
+TAG = re.compile(r"<[^>]*>")
+EXAMPLES = 5  # file names listed per kind of problem in the report
+
+
+class SampleParams(Section):
+    size: Literal["small", "full"] = Field("small", description="per class and split: small 1,250; full 12,500")
+    per_class: int | None = Field(None, ge=1, description="overrides `size`: reviews per class and split")
+    label_noise: float = Field(0.03, ge=0.0, le=0.5, description="share of reviews written for the other class")
+
+
+class ImdbParams(Section):
+    source: Literal["sample", "url", "path"] = "sample"
+    url: str = OFFICIAL_URL
+    sha256: str | None = Field(OFFICIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$")
+    size: int | None = Field(OFFICIAL_SIZE, ge=1, description="bytes; null if unknown")
+    path: str | None = Field(None, description="aclImdb_v1.tar.gz or an extracted aclImdb/ folder")
+    include_unsup: bool = False
+    on_bad_file: Literal["fail", "skip"] = "fail"
+    sample: SampleParams = SampleParams()
+    connect_timeout: float = Field(10.0, gt=0.0)
+    read_timeout: float = Field(60.0, gt=0.0)
+    retries: int = Field(5, ge=0)
+    backoff: float = Field(1.0, ge=0.0, description="seconds before the first retry; doubles each time")
+
+    @model_validator(mode="after")
+    def _source_is_complete(self) -> "ImdbParams":
+        if self.source == "path" and not self.path:
+            raise ValueError("path: required when source is path (a .tar.gz or an aclImdb/ folder)")
+        if self.source == "url":
+            if urlparse(self.url).scheme not in ("http", "https") or not urlparse(self.url).netloc:
+                raise ValueError(f"url: must be an http(s) URL (got {self.url!r})")
+            if self.sha256 is None:
+                raise ValueError("sha256: required when source is url (the download is verified before use)")
+        return self
+
+
+@dataclass
+class Report:
+    """What normalization found; becomes metrics/data_imdb.json."""
+
+    reviews: dict[str, dict[str, int]] = field(default_factory=dict)
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("bad_file_names", "rating_mismatches", "skipped_files", "empty_files", "invalid_utf8_files",
+         "invalid_utf8_bytes"), 0))
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    digest: Any = field(default_factory=hashlib.sha256)  # of the normalized tree
+
+    def note(self, problem: str, name: str) -> None:
+        self.problems[problem] += 1
+        listed = self.examples.setdefault(problem, [])
+        if len(listed) < EXAMPLES:
+            listed.append(name)
+
+
+def decode_utf8(data: bytes) -> tuple[str, int]:
+    """Text with invalid UTF-8 replaced by U+FFFD, and the number of bytes replaced."""
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        pass
+    parts, bad, start = [], 0, 0
+    while True:
+        try:
+            parts.append(data[start:].decode("utf-8"))
+            return "".join(parts), bad
+        except UnicodeDecodeError as exc:
+            parts.append(data[start:start + exc.start].decode("utf-8"))
+            parts.append("\ufffd")
+            bad += exc.end - exc.start
+            start += exc.end
+
+
+def count_tokens(text: str) -> int:
+    """Whitespace tokens once HTML tags are removed."""
+    return len(TAG.sub(" ", text).split())
+
+
+def name_problem(name: str, label: str) -> tuple[str, str] | None:
+    """``(problem key, message)`` if a review's file name is wrong for its folder."""
+    match = FILE_NAME.fullmatch(name)
+    if not match:
+        return "bad_file_names", "bad file name (expected {id}_{rating}.txt)"
+    rating, allowed = int(match.group(2)), RATINGS[label]
+    if rating not in allowed:
+        return "rating_mismatches", f"rating {rating} does not fit folder {label} ({allowed[0]}-{allowed[-1]})"
+    return None
+
+
+def find_root(path: Path) -> Path:
+    """The aclImdb folder: ``path`` itself or its ``aclImdb/`` child."""
+    for candidate in (path, path / "aclImdb"):
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    raise StageError(f"{path}: no aclImdb tree here (expected train/ and test/ in it or in aclImdb/)")
+
+
+def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file: str) -> Report:
+    """Copy the reviews of ``src`` (an aclImdb folder) to ``dst`` as UTF-8, checking each file."""
+    from tqdm import tqdm
+
+    files = []
+    for split, label in folders:
+        folder = src / split / label
+        if not folder.is_dir():
+            raise StageError(f"{folder}: missing folder (aclImdb/{split}/{label}/)")
+        files += [(split, label, p) for p in sorted(folder.iterdir())]  # sorted: the same bytes every run
+
+    report = Report()
+    for split, label in folders:
+        report.reviews.setdefault(split, {})[label] = 0
+        report.tokens.setdefault(split, [])  # train's include unsup reviews, if any
+        (dst / split / label).mkdir(parents=True, exist_ok=True)
+    for split, label, path in tqdm(files, desc="checking reviews", unit=" files", file=sys.stderr,
+                                   disable=None, leave=False):
+        relative = f"{split}/{label}/{path.name}"
+        problem = ("bad_file_names", "not a regular file") if not path.is_file() else name_problem(path.name, label)
+        if problem is not None:
+            key, message = problem
+            if on_bad_file == "fail":
+                raise StageError(f"{path}: {message} (imdb.on_bad_file: skip to skip such files)")
+            report.note(key, relative)
+            report.note("skipped_files", relative)
+            continue
+        text, replaced = decode_utf8(path.read_bytes())
+        if replaced:
+            report.note("invalid_utf8_files", relative)
+            report.problems["invalid_utf8_bytes"] += replaced
+        tokens = count_tokens(text)
+        if tokens == 0:
+            report.note("empty_files", relative)
+        data = text.encode("utf-8")
+        (dst / split / label / path.name).write_bytes(data)
+        report.reviews[split][label] += 1
+        report.tokens[split].append(tokens)
+        report.digest.update(f"{relative}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    for split, label in folders:
+        if report.reviews[split][label] == 0:
+            raise StageError(f"{src / split / label}: no reviews")
+    return report
+
+
+def token_stats(counts: list[int]) -> dict[str, float]:
+    import numpy as np
+
+    values = np.asarray(counts)
+    return {"min": values.min(), "median": np.median(values), "mean": values.mean(),
+            "p95": np.percentile(values, 95), "max": values.max()}
+
+
+def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dict:
+    origin = {"sample": None, "url": p.url, "path": p.path}[p.source]
+    all_tokens = [t for counts in report.tokens.values() for t in counts]
+    return {
+        "source": p.source,
+        "source_location": origin,
+        "source_sha256": source_sha256,
+        "tree_sha256": report.digest.hexdigest(),
+        "reviews": {**report.reviews, "total": sum(sum(c.values()) for c in report.reviews.values())},
+        "tokens": {**{split: token_stats(c) for split, c in report.tokens.items()}, "all": token_stats(all_tokens)},
+        "problems": report.problems,
+        "examples": report.examples,
+    }
+
+
+def archive_filter(folders: list[tuple[str, str]]):
+    """Which tarball members to extract: files directly in the wanted aclImdb folders."""
+    wanted = set(folders)
+
+    def keep(name: str) -> bool:
+        parts = [part for part in PurePosixPath(name).parts if part != "."]
+        return len(parts) == 4 and parts[0] == "aclImdb" and (parts[1], parts[2]) in wanted
+
+    return keep
+
+
+def download_name(url: str) -> str:
+    """File name under data/downloads/imdb/ for ``url``: its last path segment."""
+    name = PurePosixPath(urlparse(url).path).name
+    return name if re.fullmatch(r"[\w.+-]+", name or "") else "imdb.tar.gz"
+
+
+def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: Path) -> tuple[Path, str | None]:
+    """The aclImdb folder to normalize (generated or extracted into ``scratch``, or the
+    user's), and the sha256 of the archive it came from (None for sample and folder)."""
+    from stages.common.archives import extract_archive
+    from stages.common.download import download, sha256_file
+
+    if p.source == "sample":
+        from stages.imdb_sample import PRESETS, generate
+
+        per_class = p.sample.per_class or PRESETS[p.sample.size]
+        unsup = 4 * per_class if p.include_unsup else 0  # the real ratio: 50,000 to 4 x 12,500
+        log.info("generating the sample: %d reviews per class and split (seed %d)", per_class, seed)
+        generate(scratch, seed, per_class, unsup=unsup, label_noise=p.sample.label_noise)
+        return scratch / "aclImdb", None
+    if p.source == "url":
+        archive = download(
+            p.url, DOWNLOADS / download_name(p.url), p.sha256, p.size,
+            connect_timeout=p.connect_timeout, read_timeout=p.read_timeout, retries=p.retries, backoff=p.backoff,
+        )
+    else:
+        archive = Path(p.path)
+        if not archive.exists():
+            raise StageError(f"{archive}: not found (imdb.path)")
+        if archive.is_dir():
+            return find_root(archive), None
+    log.info("extracting %s", archive)
+    if extract_archive(archive, scratch, archive_filter(folders)) == 0:
+        raise StageError(f"{archive}: no reviews in aclImdb/{{train,test}}/{{pos,neg}}/")
+    return find_root(scratch), sha256_file(archive)
+
+
+def main() -> None:
+    seed, p = load_params("imdb", ImdbParams)
+
+    from stages.common.outputs import atomic_outputs, keep_folder, write_json
+
+    folders = LABELLED + ([UNSUP] if p.include_unsup else [])
+    RAW_DIR.parent.mkdir(parents=True, exist_ok=True)
+    # Scratch space for the generated or extracted tree: beside the outputs (same
+    # file system) and removed whatever happens.
+    with tempfile.TemporaryDirectory(prefix=".imdb-input.", dir=RAW_DIR.parent) as scratch:
+        src, source_sha256 = acquire(p, seed, folders, Path(scratch))
+        with atomic_outputs() as out:
+            report = normalize(src, out.directory(RAW_DIR) / "aclImdb", folders, p.on_bad_file)
+            write_json(out.file(REPORT), report_json(report, p, source_sha256))
+    keep_folder(DOWNLOADS, "Downloaded IMDB archives (source: url) are kept here, checked by sha256.\n")
+    for split, counts in report.reviews.items():
+        log.info("%s: %s", split, ", ".join(f"{n} {label}" for label, n in counts.items()))
+    if any(report.problems.values()):
+        log.info("problems: %s", ", ".join(f"{n} {k}" for k, n in report.problems.items() if n))
+
+
+if __name__ == "__main__":
+    run_stage(main, "download_imdb")
