@@ -62,8 +62,8 @@ EXAMPLES = 5  # file names listed per kind of problem in the report
 
 
 class SampleParams(Section):
-    size: Literal["small", "full"] = Field("small", description="per class and split: small 1,250; full 12,500")
-    per_class: int | None = Field(None, ge=1, description="overrides `size`: reviews per class and split")
+    preset: Literal["small", "full"] = Field("small", description="per class and split: small 1,250; full 12,500")
+    per_class: int | None = Field(None, ge=1, description="overrides `preset`: reviews per class and split")
     label_noise: float = Field(0.03, ge=0.0, le=0.5, description="share of reviews written for the other class")
 
 
@@ -248,7 +248,7 @@ def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: P
     if p.source == "sample":
         from stages.imdb_sample import PRESETS, generate
 
-        per_class = p.sample.per_class or PRESETS[p.sample.size]
+        per_class = p.sample.per_class or PRESETS[p.sample.preset]
         unsup = 4 * per_class if p.include_unsup else 0  # the real ratio: 50,000 to 4 x 12,500
         log.info("generating the sample: %d reviews per class and split (seed %d)", per_class, seed)
         generate(scratch, seed, per_class, unsup=unsup, label_noise=p.sample.label_noise)

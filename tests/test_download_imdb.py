@@ -312,7 +312,7 @@ def test_bad_files_fail_by_default(workdir: Path, tmp_path: Path, bad: str, mess
 def test_params_are_checked_before_any_work(workdir: Path) -> None:
     failed(stage(workdir, source="path"), "imdb", "path: required when source is path")
     failed(stage(workdir, source="url", url="ftp://example.org/a.tgz"), "url: must be an http(s) URL")
-    failed(stage(workdir, source="sample", sample={"size": "huge"}), "imdb.sample.size")
+    failed(stage(workdir, source="sample", sample={"preset": "huge"}), "imdb.sample.preset")
     assert_nothing_written(workdir)
 
 
