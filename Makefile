@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test clean-outputs
+.PHONY: setup repro test bench clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ repro: setup
 
 test: setup
 	pytest
+
+# Speed benchmarks (minutes; results in bench/results/*.json, figures in the README).
+bench: setup
+	python bench/bench_tfrecords_imdb.py
+	python bench/bench_tfrecords_fer2013.py
+	python bench/bench_input_pipelines.py
 
 # Remove generated outputs (not metrics/ and plots/, which git tracks).
 clean-outputs:

@@ -1,0 +1,330 @@
+"""Input pipelines (tutorial 06): TFRecord shards -> parsed, shuffled, batched ``(features, label)``.
+
+One module for every training stage. Each ``*_batches`` function builds the
+``tf.data.Dataset`` of one split for one epoch::
+
+    shards -> parallel interleave (deterministic) -> seeded shuffle
+    -> parse/decode (parallel, deterministic) -> batch -> prefetch
+
+**Shuffling** depends only on ``(shuffle_seed, epoch)``, never on TensorFlow's
+global seed: ``Dataset.shuffle(seed=s)`` combines ``s`` with the global seed
+(``tf.random.set_seed``), so the same seed gave a different order in a stage
+that seeded TF and in a test that did not. Instead :func:`shuffle_order`
+draws the order with NumPy from ``(seed, epoch)``: a permutation of the whole
+split (``shuffle_buffer=None``, default: an exact uniform shuffle, holding the
+split's serialized records in memory once per epoch, tens of MB here) or of
+consecutive blocks of ``shuffle_buffer`` records. Build a new dataset for
+each epoch: ``for epoch in ...: image_batches(..., epoch=epoch)``.
+
+**Cache** (images and series, ``cache=True`` by default): the first call
+decodes the split through the TFRecord pipeline into NumPy arrays kept in this
+process (66 MB of uint8 for the 28,709 training faces), keyed by the files'
+size and mtime; later epochs slice them (``from_tensor_slices``) in the same
+shuffled order. Decoding PNGs (~30 µs a face) would otherwise bound every
+epoch at a few 10,000 faces/s on two cores. Both paths give the same batches.
+
+**Integrity.** The shards are checked (framing and CRCs, in C; once per file
+version) before a dataset is built, so a damaged or truncated file stops the
+stage with one line naming it before any work; :func:`naming_damaged_file`
+does the same for a file damaged while being read.
+
+Batches:
+
+- images (FER2013): ``(float32 (b, 48, 48, 1) in [0, 1], int64 label (b,))``;
+- series: ``(float32 (b, look_back, 24) scaled inputs, float32 (b, 24) scaled target)``;
+  ``metadata=True`` makes the features a dict with ``inputs`` and the MW values,
+  ``target_day`` and ``weekday`` (for baselines and reports);
+- text (IMDB): ``({"token_indexes": int64 (b, T) padded with 0, "sequence_length": int64 (b,)},
+  int64 target (b,))``, T the longest review of the batch; ``bucket_boundaries``
+  groups reviews of similar length (``bucket_by_sequence_length``) to pad less.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from stages.common.cli import StageError
+from stages.common.tfrecords import compression_of, read_spec, shard_paths, verify_shards
+
+AUTOTUNE = tf.data.AUTOTUNE
+PAD_ID = 0  # token id 0 is reserved for padding by tfrecords_imdb
+READ_BUFFER = 1 << 20  # bytes per shard read: fewer, larger reads
+MAX_PARALLEL_FILES = 8
+PARSE_BATCH = 256  # records parsed per vectorized call
+MAX_CACHED_SPLITS = 8
+
+__all__ = [
+    "count_records", "dataset_files", "image_batches", "naming_damaged_file", "read_spec", "records",
+    "series_batches", "shuffle_order", "text_batches",
+]
+
+Arrays = dict[str, np.ndarray]
+
+
+# --- files and integrity --------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _verified(path: str, size: int, mtime_ns: int) -> int:
+    return verify_shards([Path(path)])[0]
+
+
+def _version(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def dataset_files(data_dir: Path, split: str) -> list[Path]:
+    """The shards of ``split``, each checked record by record (once per file version)."""
+    files = shard_paths(Path(data_dir), split)
+    for path in files:
+        _verified(*_version(path))
+    return files
+
+
+def count_records(files: Sequence[Path]) -> int:
+    """Records in ``files`` (from the cached check)."""
+    return sum(_verified(*_version(Path(f))) for f in files)
+
+
+@contextmanager
+def naming_damaged_file(files: Sequence[Path]) -> Iterator[None]:
+    """Turn TensorFlow's DataLossError (which names no file) into a StageError naming the damaged shard."""
+    try:
+        yield
+    except tf.errors.DataLossError as exc:
+        verify_shards(files)  # raises the StageError naming the file and record
+        raise StageError(f"{Path(files[0]).parent}: damaged TFRecord data: {exc.message.strip()}") from None
+
+
+# --- records, order ----------------------------------------------------------------------
+
+
+def shuffle_order(num_records: int, seed: int, epoch: int, block: int | None = None) -> np.ndarray:
+    """Record positions in shuffled order: a function of (seed, epoch) and the block size only.
+
+    ``block=None`` permutes the whole split; otherwise each run of ``block``
+    consecutive records is permuted within itself.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if block is None or block >= num_records:
+        return rng.permutation(num_records)
+    starts = range(0, num_records, block)
+    return np.concatenate([start + rng.permutation(min(block, num_records - start)) for start in starts])
+
+
+def records(files: Sequence[Path], order: np.ndarray | None = None, block: int | None = None) -> tf.data.Dataset:
+    """Serialized records of ``files``, round-robin over the shards; in ``order`` when given.
+
+    ``order`` comes from :func:`shuffle_order` with the same ``block``.
+    """
+    files = [Path(f) for f in files]
+    compression = {"none": "", "gzip": "GZIP"}[compression_of(files[0])]
+    dataset = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
+    dataset = dataset.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=READ_BUFFER),
+        cycle_length=min(len(files), MAX_PARALLEL_FILES), block_length=1,
+        num_parallel_calls=AUTOTUNE, deterministic=True,
+    )
+    if order is None:
+        return dataset
+    block = len(order) if block is None else block
+    positions = tf.constant(order, dtype=tf.int64)
+
+    def reorder(index: tf.Tensor, chunk: tf.Tensor) -> tf.Tensor:
+        start = index * block
+        return tf.gather(chunk, positions[start:start + tf.shape(chunk, out_type=tf.int64)[0]] - start)
+
+    return dataset.batch(max(1, block)).enumerate().map(reorder).unbatch()
+
+
+_CACHE: dict[tuple, Arrays] = {}
+
+
+def _examples(
+    files: Sequence[Path],
+    parse_batch: Callable[[tf.Tensor], dict[str, tf.Tensor]],
+    *,
+    shuffle_seed: int | None,
+    epoch: int,
+    shuffle_buffer: int | None,
+    cache: bool,
+    select: Callable[[dict[str, Any]], Any] = lambda parsed: parsed,
+) -> tf.data.Dataset:
+    """Parsed examples (unbatched), streamed or from the in-memory cache.
+
+    ``select`` picks the element structure from the parsed dict with plain
+    dict operations: applied to NumPy arrays for the cache (no per-epoch
+    ``map`` to trace) and inside the parsing ``map`` when streaming.
+    """
+    order = None
+    if shuffle_seed is not None:
+        order = shuffle_order(count_records(files), shuffle_seed, epoch, shuffle_buffer)
+    if not cache:
+        dataset = records(files, order, shuffle_buffer).batch(PARSE_BATCH)
+        parse = lambda batch: select(parse_batch(batch))  # noqa: E731
+        return dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+    key = (parse_batch.__qualname__, tuple(_version(Path(f)) for f in files))
+    if key not in _CACHE:
+        if len(_CACHE) >= MAX_CACHED_SPLITS:
+            _CACHE.pop(next(iter(_CACHE)))
+        parsed = records(files).batch(PARSE_BATCH).map(parse_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+        with naming_damaged_file(files):
+            batches = list(parsed.as_numpy_iterator())
+        _CACHE[key] = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]} if batches else {}
+    arrays = select(dict(_CACHE[key]))
+    if order is not None:
+        arrays = tf.nest.map_structure(lambda values: values[order], arrays)
+    return tf.data.Dataset.from_tensor_slices(arrays)
+
+
+def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.prefetch(AUTOTUNE).with_options(options)
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def image_batches(
+    data_dir: Path,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    epoch: int = 0,
+    shuffle_buffer: int | None = None,
+    drop_remainder: bool = False,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """FER2013 batches: ``(images float32 (b, H, W, 1) in [0, 1], labels int64 (b,))``."""
+    spec = read_spec(Path(data_dir))
+    shape = [int(n) for n in spec.get("image_shape", [48, 48, 1])]
+    files = dataset_files(data_dir, split)
+    features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+    image_spec = tf.TensorSpec(shape, tf.uint8)
+
+    def parse_faces(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(batch, features)
+        images = tf.map_fn(lambda png: tf.ensure_shape(tf.io.decode_png(png, channels=shape[-1]), shape),
+                           parsed["image"], fn_output_signature=image_spec, parallel_iterations=16)
+        return {"image": images, "label": parsed["label"]}
+
+    dataset = _examples(files, parse_faces, shuffle_seed=shuffle_seed, epoch=epoch,
+                        shuffle_buffer=shuffle_buffer, cache=cache)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    # uint8 -> float32 per batch, not per face: one vectorized op.
+    dataset = dataset.map(lambda b: (tf.image.convert_image_dtype(b["image"], tf.float32), b["label"]),
+                          num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _finish(dataset)
+
+
+# --- series -----------------------------------------------------------------------------------
+
+
+def series_batches(
+    data_dir: Path,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    epoch: int = 0,
+    shuffle_buffer: int | None = None,
+    drop_remainder: bool = False,
+    metadata: bool = False,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """Load windows: ``(inputs (b, look_back, 24), target (b, 24))``, both scaled float32.
+
+    With ``metadata`` the features are a dict: ``inputs`` as above plus
+    ``inputs_mw`` (b, look_back, 24), ``target_mw`` and ``forecast_mw`` (b, 24)
+    in MW, ``target_day`` (ISO date strings) and ``weekday`` (0 = Monday).
+    """
+    spec = read_spec(Path(data_dir))
+    look_back, hours = int(spec["look_back"]), int(spec["hours_per_day"])
+    files = dataset_files(data_dir, split)
+    window, day = [look_back * hours], [hours]
+    features = {
+        "inputs": tf.io.FixedLenFeature(window, tf.float32),
+        "target": tf.io.FixedLenFeature(day, tf.float32),
+        "inputs_mw": tf.io.FixedLenFeature(window, tf.float32),
+        "target_mw": tf.io.FixedLenFeature(day, tf.float32),
+        "forecast_mw": tf.io.FixedLenFeature(day, tf.float32),
+        "target_day": tf.io.FixedLenFeature([], tf.string),
+        "weekday": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+    def parse_windows(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(batch, features)  # vectorized: much faster than per record
+        for name in ("inputs", "inputs_mw"):
+            parsed[name] = tf.reshape(parsed[name], [-1, look_back, hours])
+        return parsed
+
+    def split_label(parsed: dict[str, Any]) -> tuple[Any, Any]:
+        target = parsed.pop("target")
+        return (parsed if metadata else parsed["inputs"]), target
+
+    dataset = _examples(files, parse_windows, shuffle_seed=shuffle_seed, epoch=epoch,
+                        shuffle_buffer=shuffle_buffer, cache=cache, select=split_label)
+    return _finish(dataset.batch(batch_size, drop_remainder=drop_remainder))
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def text_batches(
+    data_dir: Path,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    epoch: int = 0,
+    shuffle_buffer: int | None = None,
+    bucket_boundaries: Sequence[int] | None = None,
+    drop_remainder: bool = False,
+    metadata: bool = False,
+) -> tf.data.Dataset:
+    """IMDB batches: ``({"token_indexes" (b, T), "sequence_length" (b,)}, target (b,))``, all int64.
+
+    Reviews are padded with id 0 (reserved for padding) to the longest in the
+    batch. ``bucket_boundaries`` (e.g. ``[100, 200, 400]``) batches reviews of
+    similar length together (``tf.data.experimental.bucket_by_sequence_length``):
+    less padding, a different batch composition. With ``metadata`` the
+    features also hold ``rating`` and ``review_id``.
+    """
+    files = dataset_files(data_dir, split)
+    context = {name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")}
+    sequence = {"token_indexes": tf.io.FixedLenSequenceFeature([], tf.int64)}
+
+    def parse(record: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        ctx, steps = tf.io.parse_single_sequence_example(record, context_features=context, sequence_features=sequence)
+        features = {"token_indexes": steps["token_indexes"], "sequence_length": ctx["sequence_length"]}
+        if metadata:
+            features |= {"rating": ctx["rating"], "review_id": ctx["review_id"]}
+        return features, ctx["target"]
+
+    order = None if shuffle_seed is None else shuffle_order(count_records(files), shuffle_seed, epoch, shuffle_buffer)
+    dataset = records(files, order, shuffle_buffer).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if bucket_boundaries:
+        boundaries = sorted({int(b) for b in bucket_boundaries})
+        dataset = dataset.bucket_by_sequence_length(
+            lambda features, _: tf.shape(features["token_indexes"])[0],
+            bucket_boundaries=boundaries,
+            bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+            padding_values=({key: tf.constant(PAD_ID, tf.int64) for key in dataset.element_spec[0]},
+                            tf.constant(0, tf.int64)),
+            drop_remainder=drop_remainder,
+        )
+    else:
+        # One scalar pads every component (all int64); the targets are never padded.
+        dataset = dataset.padded_batch(batch_size, padding_values=tf.constant(PAD_ID, tf.int64),
+                                       drop_remainder=drop_remainder)
+    return _finish(dataset)

@@ -1,0 +1,389 @@
+"""Stage ``tfrecords_imdb`` (tutorial 04): IMDB reviews -> vocabulary + SequenceExample TFRecords.
+
+Reads ``data/raw/imdb/aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt`` and writes
+``data/tfrecords/imdb/``:
+
+- ``{train,valid,test}-0000i-of-0000N.tfrecord`` (``.tfrecord.gz`` with gzip): one
+  ``tf.train.SequenceExample`` per review, context ``sequence_length`` (ids
+  including the end token), ``target`` (0 neg, 1 pos), ``rating`` (1-10) and
+  ``review_id`` (the file's id), all int64; feature list ``token_indexes``, one
+  int64 id per step: the last ``max_words`` tokens, then ``<eos>``;
+- ``imdb_vocab.txt``: one token per line, the line number being the id
+  (stages/common/text.py: reserved 0 ``<pad>``, 1 ``<unk>``, 2 ``<eos>``);
+- ``spec.json``: feature names and dtypes, counts per split and class, vocabulary
+  size, token length statistics.
+
+The validation split is carved from train (``valid_fraction`` of each class,
+chosen with the seed), so the test split is only ever used for the final score;
+the vocabulary comes from the remaining training reviews alone. Each split is
+shuffled once with the seed, so every shard mixes both classes; the shards
+hold contiguous runs of that order. Outputs are byte-identical from run to run
+and whatever ``workers`` is.
+
+Speed (bench/bench_tfrecords_imdb.py): every review is read and tokenized
+exactly once, in a process pool. Workers return token ids of a per-chunk
+provisional vocabulary plus that chunk's training-token counts; the parent
+merges the counts and builds the vocabulary; the same pool then remaps each
+chunk with one array lookup and serializes its records from pre-built bytes
+per id; ``stages.common.tfrecords.write_split`` frames and shards them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from pydantic import Field
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+
+if TYPE_CHECKING:
+    from stages.common.text import Vocabulary
+
+log = logging.getLogger(__name__)
+
+RAW = Path("data/raw/imdb/aclImdb")
+OUT = Path("data/tfrecords/imdb")
+VOCAB_FILE = "imdb_vocab.txt"
+
+SPLITS = ("train", "valid", "test")
+LABELS = ("neg", "pos")  # target 0, 1
+FILE_NAME = re.compile(r"(\d+)_(\d+)\.txt")
+CHUNK_REVIEWS = 500  # reviews per tokenizing task: small enough for a smooth progress bar
+
+
+class TFRecordsImdbParams(Section):
+    min_word_frequency: int = Field(5, ge=1, description="training-split count a token needs to enter the vocabulary")
+    max_words: int = Field(700, ge=1, description="tokens kept per review (its last ones), before <eos>")
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each training class moved to valid")
+    num_shards: int = Field(4, ge=1, le=99999, description="files per split")
+    compression: Literal["none", "gzip"] = "none"
+    workers: int = Field(2, ge=1, description="processes for tokenizing and encoding (output does not depend on it)")
+
+
+class Review(NamedTuple):
+    """One review file; ``target`` 0 for neg, 1 for pos."""
+
+    path: str
+    review_id: int
+    rating: int
+    target: int
+
+
+class ChunkTokens(NamedTuple):
+    """What a worker returns for a run of reviews (see :func:`tokenize_chunk`)."""
+
+    types: list[str]  # the chunk's provisional vocabulary: local id -> token
+    vocab_counts: list[int]  # per local id: occurrences in the reviews that build the vocabulary
+    ids: list[bytes]  # per review: local ids (int32) of its last max_words tokens
+    lengths: list[int]  # per review: number of tokens before truncation
+
+
+def find_reviews(root: Path, split: str) -> list[Review]:
+    """The labelled reviews of ``root/<split>/{neg,pos}``, by class then numeric id."""
+    reviews = []
+    for target, label in enumerate(LABELS):
+        folder = root / split / label
+        if not folder.is_dir():
+            raise StageError(f"{folder}: missing folder (run the download_imdb stage first)")
+        found = []
+        for path in folder.iterdir():
+            match = FILE_NAME.fullmatch(path.name)
+            if match is None:
+                raise StageError(f"{path}: unexpected file name (expected {{id}}_{{rating}}.txt)")
+            found.append(Review(str(path), int(match[1]), int(match[2]), target))
+        if not found:
+            raise StageError(f"{folder}: no reviews")
+        reviews += sorted(found, key=lambda r: (r.review_id, r.rating))
+    return reviews
+
+
+def split_reviews(train: list[Review], test: list[Review], valid_fraction: float, seed: int) -> dict[str, list[Review]]:
+    """``{"train", "valid", "test"}``: valid is ``valid_fraction`` of each training class
+    (stratified, seeded); each split is then shuffled once with the seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keep, valid = [], []
+    for target in range(len(LABELS)):
+        members = [r for r in train if r.target == target]
+        n_valid = round(valid_fraction * len(members))
+        chosen = set(rng.permutation(len(members))[:n_valid].tolist())
+        for i, review in enumerate(members):
+            (valid if i in chosen else keep).append(review)
+    splits = {"train": keep, "valid": valid, "test": list(test)}
+    for name, reviews in splits.items():
+        if not reviews:
+            raise StageError(f"tfrecords_imdb.valid_fraction: leaves no {name} reviews ({len(train)} in train)")
+        order = rng.permutation(len(reviews))
+        splits[name] = [reviews[i] for i in order]
+    return splits
+
+
+class _LocalIds(dict):
+    """token -> local id, a new id for each new token (one dict lookup per token)."""
+
+    def __missing__(self, token: str) -> int:
+        self[token] = index = len(self)
+        return index
+
+
+def tokenize_chunk(task: tuple[list[tuple[str, bool]], int]) -> ChunkTokens:
+    """Pool task: read and tokenize ``(path, counts_for_vocab)`` reviews, keeping the
+    last ``max_words`` local ids of each (module level, so it pickles by name)."""
+    import numpy as np
+
+    from stages.common.text import tokenize
+
+    files, max_words = task
+    local = _LocalIds()
+    ids, lengths, counted = [], [], []
+    for path, counts_for_vocab in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise StageError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise StageError(f"{path}: cannot read ({exc.strerror})") from None
+        review = np.fromiter(map(local.__getitem__, tokenize(text)), dtype=np.int32)
+        if counts_for_vocab:
+            counted.append(review)
+        ids.append(review[-max_words:].tobytes())
+        lengths.append(len(review))
+    counts = np.bincount(np.concatenate(counted), minlength=len(local)) if counted else np.zeros(len(local), int)
+    return ChunkTokens(list(local), counts.tolist(), ids, lengths)
+
+
+def vocabulary_counts(chunks: list[ChunkTokens]) -> Counter[str]:
+    """Training-token counts summed over the chunks."""
+    total: Counter[str] = Counter()
+    for chunk in chunks:
+        total.update({t: n for t, n in zip(chunk.types, chunk.vocab_counts) if n})
+    return total
+
+
+class _Int64Bytes:
+    """Serialized int64 Features and FeatureList steps per value 0..n-1, built once per
+    process: a record is mostly steps of a few thousand distinct ids, so copying
+    their bytes beats encoding each (same bytes as tfrecords.int64_feature, ~25 us a call)."""
+
+    def __init__(self) -> None:
+        self.features: list[bytes] = []
+        self.steps: list[bytes] = []
+
+    def cover(self, size: int) -> None:
+        """Make values ``< size`` available, in one vectorized call."""
+        import numpy as np
+
+        from stages.common.tfrecords import int64_feature_list
+
+        if size <= len(self.steps):
+            return
+        blob = int64_feature_list(np.arange(len(self.steps), size))
+        pos = 0
+        while pos < len(blob):  # each step: 0x0a, its length (< 128: one byte), the Feature
+            end = pos + 2 + blob[pos + 1]
+            self.steps.append(blob[pos:end])
+            self.features.append(blob[pos + 2:end])
+            pos = end
+
+    def feature(self, value: int) -> bytes:
+        if 0 <= value < len(self.features):
+            return self.features[value]
+        from stages.common.tfrecords import int64_feature
+
+        return int64_feature(value)
+
+
+_INT64 = _Int64Bytes()
+_CACHED_CONTEXT_VALUE = 1 << 14  # ratings, targets, lengths and (real) review ids are below
+
+
+def encode_record(ids: list[int], target: int, rating: int, review_id: int) -> bytes:
+    """One review's serialized ``tf.train.SequenceExample`` (``ids`` end with ``<eos>``)."""
+    from stages.common.tfrecords import sequence_example
+
+    _INT64.cover(max(max(ids) + 1, _CACHED_CONTEXT_VALUE))
+    steps, feature = _INT64.steps, _INT64.feature
+    return sequence_example(
+        {"sequence_length": feature(len(ids)), "target": feature(target), "rating": feature(rating),
+         "review_id": feature(review_id)},
+        {"token_indexes": b"".join([steps[i] for i in ids])},
+    )
+
+
+def encode_chunk(task: tuple[bytes, list[tuple[bytes, int, int, int]]]) -> tuple[list[bytes], list[int]]:
+    """Pool task: ``(remap, [(local ids, target, rating, review_id), ...])`` -> the serialized
+    records and each one's number of ``<unk>`` ids; ``remap`` (int32) maps local ids to the
+    vocabulary's."""
+    import numpy as np
+
+    from stages.common.text import EOS_ID, UNK_ID
+
+    remap_bytes, reviews = task
+    remap = np.frombuffer(remap_bytes, dtype=np.int32)
+    records, unknown = [], []
+    for local, target, rating, review_id in reviews:
+        ids = remap[np.frombuffer(local, dtype=np.int32)].tolist()
+        ids.append(EOS_ID)
+        unknown.append(ids.count(UNK_ID))
+        records.append(encode_record(ids, target, rating, review_id))
+    return records, unknown
+
+
+def _serialized(record: bytes) -> bytes:
+    """write_split's ``encode`` for records serialized already."""
+    return record
+
+
+@contextmanager
+def process_map(workers: int) -> Iterator[Callable]:
+    """An ordered ``map`` over ``workers`` processes (the built-in map for 1)."""
+    import concurrent.futures
+    import multiprocessing
+
+    if workers == 1:
+        yield map
+        return
+    # spawn, as write_split: safe even if TensorFlow already started threads.
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _progress(results: Iterable, total: int, desc: str, size: Callable) -> list:
+    from tqdm import tqdm
+
+    done = []
+    with tqdm(total=total, desc=desc, unit=" reviews", file=sys.stderr, disable=None, leave=False) as bar:
+        for result in results:
+            done.append(result)
+            bar.update(size(result))
+    return done
+
+
+def tokenize_and_encode(reviews: list[Review], vocab_from: set[str],
+                        p: TFRecordsImdbParams) -> tuple[Vocabulary, list[bytes], list[int], list[int]]:
+    """Tokenize every review once, build the vocabulary from those whose path is in
+    ``vocab_from``, and serialize each review's record.
+
+    Returns ``(vocab, records, token counts, unknown counts)``, lists in review order.
+    """
+    import numpy as np
+
+    from stages.common.text import UNK_ID, build_vocabulary
+
+    starts = range(0, len(reviews), CHUNK_REVIEWS)
+    with process_map(p.workers) as pool_map:
+        tasks = [([(r.path, r.path in vocab_from) for r in reviews[i:i + CHUNK_REVIEWS]], p.max_words) for i in starts]
+        chunks = _progress(pool_map(tokenize_chunk, tasks), len(reviews), "tokenizing", lambda c: len(c.lengths))
+        vocab = build_vocabulary(vocabulary_counts(chunks), p.min_word_frequency)
+        get = vocab.ids.get
+        tasks = [(np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
+                  [(ids, r.target, r.rating, r.review_id) for ids, r in zip(chunk.ids, reviews[i:i + CHUNK_REVIEWS])])
+                 for i, chunk in zip(starts, chunks)]
+        lengths = [n for chunk in chunks for n in chunk.lengths]
+        del chunks
+        encoded = _progress(pool_map(encode_chunk, tasks), len(reviews), "encoding", lambda e: len(e[0]))
+    records = [record for chunk_records, _ in encoded for record in chunk_records]
+    unknown = [n for _, chunk_unknown in encoded for n in chunk_unknown]
+    return vocab, records, lengths, unknown
+
+
+def length_stats(values) -> dict[str, float]:
+    import numpy as np
+
+    values = np.asarray(values)
+    return {"min": values.min(), "median": np.median(values), "mean": values.mean(),
+            "p95": np.percentile(values, 95), "max": values.max()}
+
+
+def build_spec(p: TFRecordsImdbParams, seed: int, splits: dict[str, list[Review]], lengths: dict[str, list[int]],
+               unknown: dict[str, list[int]], vocab_size: int, shards: dict[str, list[Path]]) -> dict:
+    """spec.json: what a reader of the records needs to know, and what the data looks like."""
+    import numpy as np
+
+    from stages.common.text import RESERVED
+
+    per_split = {}
+    for name, reviews in splits.items():
+        n_tokens = np.asarray(lengths[name])
+        kept = np.minimum(n_tokens, p.max_words)
+        per_split[name] = {
+            "records": len(reviews),
+            "classes": {label: sum(r.target == t for r in reviews) for t, label in enumerate(LABELS)},
+            "shards": [path.name for path in shards[name]],
+            "tokens": length_stats(n_tokens),  # before truncation
+            "sequence_length": length_stats(kept + 1),
+            "truncated": int(np.count_nonzero(n_tokens > p.max_words)),
+            "unknown_share": sum(unknown[name]) / max(int(kept.sum()), 1),  # of kept tokens
+        }
+    return {
+        "dataset": "imdb",
+        "record": "tf.train.SequenceExample",
+        "context_features": {"sequence_length": "int64", "target": "int64", "rating": "int64", "review_id": "int64"},
+        "sequence_features": {"token_indexes": "int64"},
+        "label": "target",
+        "labels": list(LABELS),
+        "compression": p.compression,
+        "num_shards": p.num_shards,
+        "order": "each split shuffled once with the seed; shards are contiguous runs of it",
+        "splits": per_split,
+        "vocab_file": VOCAB_FILE,
+        "vocab_size": vocab_size,
+        "reserved_ids": {token: i for i, token in enumerate(RESERVED)},
+        "vocab_from": "train",
+        "max_words": p.max_words,
+        "min_word_frequency": p.min_word_frequency,
+        "valid_fraction": p.valid_fraction,
+        "seed": seed,
+    }
+
+
+def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict:
+    """Write the vocabulary, the shards of every split and spec.json into ``out_dir``; return the spec."""
+    from stages.common.text import save_vocabulary
+    from stages.common.tfrecords import SPEC_FILE, write_spec, write_split
+
+    splits = split_reviews(find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, seed)
+    ordered = [r for name in SPLITS for r in splits[name]]
+    vocab, records, all_lengths, all_unknown = tokenize_and_encode(ordered, {r.path for r in splits["train"]}, p)
+    log.info("vocabulary: %d tokens (min frequency %d, from %d training reviews)",
+             len(vocab), p.min_word_frequency, len(splits["train"]))
+    save_vocabulary(vocab, out_dir / VOCAB_FILE)
+    lengths, unknown, shards = {}, {}, {}
+    start = 0
+    for name in SPLITS:
+        stop = start + len(splits[name])
+        lengths[name], unknown[name] = all_lengths[start:stop], all_unknown[start:stop]
+        # Records are serialized already, in the pool that tokenized them (a fresh
+        # pool per split would pay the process start-up again): write_split frames them.
+        shards[name] = write_split(out_dir, name, records[start:stop], _serialized, num_shards=p.num_shards,
+                                   compression=p.compression, workers=1, desc=f"writing {name}")
+        start = stop
+        log.info("%s: %d reviews in %d shards", name, len(splits[name]), p.num_shards)
+    spec = build_spec(p, seed, splits, lengths, unknown, len(vocab), shards)
+    write_spec(out_dir / SPEC_FILE, spec)
+    return spec
+
+
+def main() -> None:
+    seed, p = load_params("tfrecords_imdb", TFRecordsImdbParams)
+
+    from stages.common.outputs import atomic_outputs
+
+    with atomic_outputs() as out:
+        convert(RAW, out.directory(OUT), p, seed)
+
+
+if __name__ == "__main__":
+    run_stage(main, "tfrecords_imdb")

@@ -1,0 +1,285 @@
+"""Stage ``tfrecords_series`` (tutorial 09's data): daily load windows as ``tf.train.Example`` TFRecords.
+
+From the hourly UTC grid ``data/raw/series/load.csv`` (stages/make_series.py):
+
+1. **Days.** The series is cut into UTC days of 24 hours; incomplete days at
+   either end are dropped. UTC, not local time: a local (CET/CEST) day has 23
+   or 25 hours twice a year, a UTC day always 24, so every window has the same
+   shape and nothing needs DST handling. (A UTC day runs 01:00-01:00 Madrid
+   time in winter, 02:00-02:00 in summer.)
+2. **Splits by time.** The days are split in order into train | valid | test
+   (the last ``valid_fraction`` + ``test_fraction`` of the days); never shuffled
+   across a boundary.
+3. **Missing values** are filled within each split only (linear in time; hours
+   before the first or after the last known value of the split take that
+   value), so no value of one split leaks into another.
+4. **Scaler.** Mean and standard deviation per hour of day (UTC), fitted on the
+   training days only - sklearn's ``StandardScaler`` on the (days, 24) matrix,
+   as the tutorial - saved as ``scaler.json``.
+5. **Windows.** Within a split, each day with ``look_back`` days before it in
+   the same split becomes one Example: ``inputs`` the ``look_back`` × 24 scaled
+   loads before it (day-major), ``target`` its 24 scaled loads. No window
+   crosses a split boundary. Also, for baselines and reporting in MW:
+   ``inputs_mw``, ``target_mw``, ``forecast_mw`` (the TSO's day-ahead forecast
+   for the target day), ``target_day`` (ISO date) and ``weekday`` (0 = Monday).
+
+Outputs: ``data/tfrecords/series/<split>-0000i-of-0000N.tfrecord``,
+``spec.json`` and ``scaler.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+from stages.common.tfrecords import SPEC_FILE, bytes_feature, example, float_feature, int64_feature, write_spec, write_split
+
+log = logging.getLogger(__name__)
+
+RAW_CSV = Path("data/raw/series/load.csv")
+OUT_DIR = Path("data/tfrecords/series")
+SCALER_FILE = "scaler.json"
+HOURS = 24
+SPLITS = ("train", "valid", "test")
+COLUMNS = ("timestamp_utc", "load_mw", "forecast_mw")
+
+
+class TfrecordsSeriesParams(Section):
+    look_back: int = Field(5, ge=1, le=366, description="days of history per window")
+    valid_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, after train")
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, last")
+    num_shards: int = Field(1, ge=1, le=999)
+    compression: Literal["none", "gzip"] = "none"
+
+    @model_validator(mode="after")
+    def _train_left(self) -> "TfrecordsSeriesParams":
+        if self.valid_fraction + self.test_fraction >= 0.9:
+            raise ValueError("valid_fraction + test_fraction must be below 0.9, leaving days to train on")
+        return self
+
+
+@dataclass
+class Days:
+    """Whole UTC days: dates and (n, 24) matrices of load and day-ahead forecast (NaN = missing)."""
+
+    dates: list[dt.date]
+    load: np.ndarray
+    forecast: np.ndarray
+
+
+@dataclass
+class Split:
+    """One split's days after filling: values, and what the filling did."""
+
+    name: str
+    dates: list[dt.date]
+    load: np.ndarray  # (n, 24) MW, no NaN
+    forecast: np.ndarray  # (n, 24) MW; NaN only if the split has no forecast at all
+    filled_hours: int
+    longest_gap_hours: int
+
+
+def read_load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(timestamps datetime64[s] UTC, load, forecast)`` from ``load.csv``; checks the hourly grid."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, dtype={"timestamp_utc": str}, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found (run the make_series stage first)") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise StageError(f"{path}: not a readable CSV: {exc}") from None
+    if tuple(frame.columns) != COLUMNS:
+        raise StageError(f"{path}: expected columns {','.join(COLUMNS)}, got {','.join(map(str, frame.columns))}")
+    try:
+        stamps = pd.to_datetime(frame["timestamp_utc"], format="%Y-%m-%dT%H:%M:%SZ").to_numpy("datetime64[s]")
+        load = pd.to_numeric(frame["load_mw"]).to_numpy(np.float64)
+        forecast = pd.to_numeric(frame["forecast_mw"]).to_numpy(np.float64)
+    except ValueError as exc:
+        raise StageError(f"{path}: bad value: {exc}") from None
+    steps = np.diff(stamps).astype(np.int64)
+    if len(stamps) and np.any(steps != 3600):
+        line = int(np.flatnonzero(steps != 3600)[0]) + 3  # header + 1-based + the row after the step
+        raise StageError(f"{path}: line {line}: not on a complete hourly grid (re-run make_series)")
+    return stamps, load, forecast
+
+
+def whole_days(stamps: np.ndarray, load: np.ndarray, forecast: np.ndarray) -> Days:
+    """Cut the hourly grid into UTC days of 24 hours, dropping incomplete days at the ends."""
+    hour = (stamps.astype(np.int64) // 3600) % HOURS
+    first = int(np.argmax(hour == 0)) if np.any(hour == 0) else len(stamps)
+    n = (len(stamps) - first) // HOURS
+    keep = slice(first, first + n * HOURS)
+    dates = [d.item() for d in stamps[keep][::HOURS].astype("datetime64[D]")]
+    return Days(dates, load[keep].reshape(n, HOURS), forecast[keep].reshape(n, HOURS))
+
+
+def split_sizes(n_days: int, valid_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Days per split (train gets the rest), in time order train, valid, test."""
+    n_test = round(n_days * test_fraction)
+    n_valid = round(n_days * valid_fraction)
+    return {"train": n_days - n_valid - n_test, "valid": n_valid, "test": n_test}
+
+
+def fill_gaps(values: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Linear interpolation of NaNs in a series, edges from the nearest known value.
+
+    Returns ``(filled, number filled, longest run of NaNs)``; all NaN stays all NaN.
+    """
+    flat = values.ravel()
+    missing = np.isnan(flat)
+    if not missing.any() or missing.all():
+        return values.copy(), int(missing.sum()), int(missing.sum())
+    positions = np.arange(flat.size)
+    filled = flat.copy()
+    # np.interp holds the first/last known value beyond the ends: the edge rule.
+    filled[missing] = np.interp(positions[missing], positions[~missing], flat[~missing])
+    edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
+    longest = int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+    return filled.reshape(values.shape), int(missing.sum()), longest
+
+
+def make_splits(days: Days, p: TfrecordsSeriesParams, where: Path) -> list[Split]:
+    """Split the days in time order and fill each split's gaps from its own values only."""
+    sizes = split_sizes(len(days.dates), p.valid_fraction, p.test_fraction)
+    short = {name: n for name, n in sizes.items() if n < p.look_back + 1}
+    if short:
+        raise StageError(
+            f"{where}: {len(days.dates)} whole days give too few for a {p.look_back}-day look_back in "
+            + ", ".join(f"{name} ({n} days)" for name, n in short.items())
+            + " (each split needs look_back + 1 days; lower look_back or change the fractions)"
+        )
+    splits = []
+    start = 0
+    for name in SPLITS:
+        stop = start + sizes[name]
+        load, filled, longest = fill_gaps(days.load[start:stop])
+        if np.isnan(load).all():
+            raise StageError(f"{where}: the {name} split ({days.dates[start]}..{days.dates[stop - 1]}) has no load values")
+        forecast, _, _ = fill_gaps(days.forecast[start:stop])
+        if np.isnan(forecast).all():
+            log.warning("%s split has no day-ahead forecast values: forecast_mw is NaN", name)
+        splits.append(Split(name, days.dates[start:stop], load, forecast, filled, longest))
+        start = stop
+    return splits
+
+
+def fit_scaler(train: Split) -> dict[str, Any]:
+    """Per-hour-of-day mean and standard deviation of the training loads (population sd, as sklearn)."""
+    mean = train.load.mean(axis=0)
+    scale = train.load.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)  # a constant hour: leave it unscaled, as sklearn does
+    return {
+        "method": "standard",
+        "per": "hour of day (UTC), columns 0-23",
+        "fitted_on": "train",
+        "first_day": train.dates[0].isoformat(),
+        "last_day": train.dates[-1].isoformat(),
+        "days": len(train.dates),
+        "unit": "MW",
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+    }
+
+
+def windows(split: Split, look_back: int, scaler: dict[str, Any]) -> list[dict[str, Any]]:
+    """The encoder items of one split: every day with ``look_back`` days before it in the split."""
+    mean = np.asarray(scaler["mean"])
+    scale = np.asarray(scaler["scale"])
+    scaled = (split.load - mean) / scale
+    items = []
+    for i in range(look_back, len(split.dates)):
+        items.append({
+            "inputs": scaled[i - look_back:i].ravel(),
+            "target": scaled[i],
+            "inputs_mw": split.load[i - look_back:i].ravel(),
+            "target_mw": split.load[i],
+            "forecast_mw": split.forecast[i],
+            "target_day": split.dates[i].isoformat(),
+            "weekday": split.dates[i].weekday(),
+        })
+    return items
+
+
+def encode_window(item: dict[str, Any]) -> bytes:
+    """One serialized Example from a :func:`windows` item."""
+    return example({
+        "inputs": float_feature(item["inputs"]),
+        "target": float_feature(item["target"]),
+        "inputs_mw": float_feature(item["inputs_mw"]),
+        "target_mw": float_feature(item["target_mw"]),
+        "forecast_mw": float_feature(item["forecast_mw"]),
+        "target_day": bytes_feature(item["target_day"]),
+        "weekday": int64_feature(item["weekday"]),
+    })
+
+
+def build_spec(splits: list[Split], items: dict[str, list], shards: dict[str, list[Path]], p: TfrecordsSeriesParams) -> dict:
+    """``spec.json``: features, shapes and per-split counts and dates."""
+    n_in = p.look_back * HOURS
+    return {
+        "dataset": "series",
+        "record": "tf.train.Example",
+        "compression": p.compression,
+        "look_back": p.look_back,
+        "hours_per_day": HOURS,
+        "day": "UTC",
+        "features": {
+            "inputs": {"dtype": "float32", "shape": [n_in], "scaled": True},
+            "target": {"dtype": "float32", "shape": [HOURS], "scaled": True},
+            "inputs_mw": {"dtype": "float32", "shape": [n_in]},
+            "target_mw": {"dtype": "float32", "shape": [HOURS]},
+            "forecast_mw": {"dtype": "float32", "shape": [HOURS]},
+            "target_day": {"dtype": "string", "shape": []},
+            "weekday": {"dtype": "int64", "shape": []},
+        },
+        "label_feature": "target",
+        "scaler": SCALER_FILE,
+        "splits": {
+            s.name: {
+                "examples": len(items[s.name]),
+                "days": len(s.dates),
+                "first_day": s.dates[0].isoformat(),
+                "last_day": s.dates[-1].isoformat(),
+                "first_target_day": items[s.name][0]["target_day"],
+                "filled_hours": s.filled_hours,
+                "longest_gap_hours": s.longest_gap_hours,
+                "files": [path.name for path in shards[s.name]],
+            }
+            for s in splits
+        },
+    }
+
+
+def main() -> None:
+    _, p = load_params("tfrecords_series", TfrecordsSeriesParams)
+
+    from stages.common.outputs import atomic_outputs, write_json
+
+    days = whole_days(*read_load(RAW_CSV))
+    splits = make_splits(days, p, RAW_CSV)
+    scaler = fit_scaler(splits[0])
+    items = {s.name: windows(s, p.look_back, scaler) for s in splits}
+    with atomic_outputs() as out:
+        out_dir = out.directory(OUT_DIR)
+        # One process: a few thousand small windows encode faster than a pool starts.
+        shards = {name: write_split(out_dir, name, rows, encode_window, num_shards=p.num_shards,
+                                    compression=p.compression, workers=1, desc=f"series {name}")
+                  for name, rows in items.items()}
+        write_json(out_dir / SCALER_FILE, scaler)
+        write_spec(out_dir / SPEC_FILE, build_spec(splits, items, shards, p))
+    for s in splits:
+        log.info("%s: days %s..%s, %d windows, %d missing hours filled",
+                 s.name, s.dates[0], s.dates[-1], len(items[s.name]), s.filled_hours)
+
+
+if __name__ == "__main__":
+    run_stage(main, "tfrecords_series")
