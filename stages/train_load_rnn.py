@@ -1,0 +1,263 @@
+"""Stage ``train_load_rnn`` (tutorial 09): next-day hourly load from the last ``look_back`` days.
+
+``LSTM(16) -> Dense(16, relu) -> Dense(24)`` on the scaled 24-hour profiles of
+the series TFRecords (stages/tfrecords_series.py: time-ordered splits, windows
+that never cross a split, scaler fitted on train only). MSE on scaled values,
+Adam, early stopping on the validation loss with the best weights restored,
+resumable checkpoints.
+
+A forecast is only worth having if it beats the seasonal-naive ones, so the
+test MAE in MW is reported next to two baselines computed on exactly the same
+test days:
+
+- ``naive_yesterday``: tomorrow = the last input day;
+- ``naive_last_week``: tomorrow = the same weekday one week earlier.
+
+With ``look_back`` < 7 the test windows alone do not reach a week back for the
+first test days, so the daily profiles are rebuilt from the MW metadata of the
+*validation and test* windows (``inputs_mw`` and ``target_mw``, keyed by date):
+the validation split ends the day before the test split starts, so every test
+day has its last-week profile. Those are past actual loads, known at forecast
+time - no leakage - and the stage keeps reading only the files the TFRecords
+stage declared (not ``load.csv``). A test day whose profile a week back is
+still missing (never with the default fractions) is dropped from *all* the
+test metrics, model and baselines alike; ``test_days`` says how many remain.
+
+Outputs: ``metrics/load_forecast.json``, ``plots/train_load_rnn/history.tsv``
+and ``forecast_days.png`` (predicted vs actual MW for six evenly spaced test
+days), ``models/load_rnn/model.weights.h5``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path("data/tfrecords/series")
+MODEL_DIR = Path("models/load_rnn")
+METRICS = Path("metrics/load_forecast.json")
+PLOTS = Path("plots/train_load_rnn")
+CHECKPOINTS = Path("checkpoints")
+STAGE = "train_load_rnn"
+PLOTTED_DAYS = 6
+
+
+class TrainLoadRnnParams(Section):
+    lstm_units: int = Field(16, ge=1)
+    dense_units: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-2, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
+    run_eagerly: bool = False
+    checkpoint_every_s: float = Field(60.0, ge=0.0)
+
+
+# --- pure functions: scaling, baselines, errors (NumPy only) -----------------------------------
+
+
+def inverse_transform(scaled: np.ndarray, scaler: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Scaled loads (..., 24) back to MW: ``value * scale[hour] + mean[hour]``."""
+    return np.asarray(scaled, np.float64) * np.asarray(scaler["scale"]) + np.asarray(scaler["mean"])
+
+
+def day_profiles(target_days: Sequence[str], inputs_mw: np.ndarray, target_mw: np.ndarray) -> dict[dt.date, np.ndarray]:
+    """Every day a set of windows shows, date -> its 24 MW values.
+
+    ``inputs_mw`` (n, look_back, 24) holds the ``look_back`` days before each
+    ``target_days[i]``, ``target_mw`` (n, 24) that day itself.
+    """
+    inputs_mw, target_mw = np.asarray(inputs_mw, np.float64), np.asarray(target_mw, np.float64)
+    look_back = inputs_mw.shape[1]
+    profiles: dict[dt.date, np.ndarray] = {}
+    for i, day in enumerate(target_days):
+        target = dt.date.fromisoformat(day)
+        profiles[target] = target_mw[i]
+        for k in range(look_back):
+            profiles[target - dt.timedelta(days=look_back - k)] = inputs_mw[i, k]
+    return profiles
+
+
+def naive_yesterday(inputs_mw: np.ndarray) -> np.ndarray:
+    """Tomorrow = the last input day: (n, look_back, 24) -> (n, 24)."""
+    return np.asarray(inputs_mw, np.float64)[:, -1, :]
+
+
+def naive_last_week(target_days: Sequence[str], profiles: Mapping[dt.date, np.ndarray]) -> np.ndarray:
+    """Tomorrow = the same weekday a week earlier: (n, 24), NaN rows where that day is unknown."""
+    rows = []
+    for day in target_days:
+        week_ago = dt.date.fromisoformat(day) - dt.timedelta(days=7)
+        rows.append(profiles.get(week_ago, np.full(24, np.nan)))
+    return np.asarray(rows, np.float64).reshape(len(rows), 24)
+
+
+def mae(actual: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(actual, np.float64) - np.asarray(predicted, np.float64))))
+
+
+def mape(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean absolute percentage error, in percent."""
+    actual = np.asarray(actual, np.float64)
+    return float(100.0 * np.mean(np.abs(actual - np.asarray(predicted, np.float64)) / np.abs(actual)))
+
+
+def skill(model_mae: float, baseline_maes: Sequence[float]) -> float:
+    """1 - model MAE / the best (lowest) baseline MAE: > 0 means the model beats every baseline."""
+    return float(1.0 - model_mae / min(baseline_maes))
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """``k`` indexes spread evenly over ``range(n)``, first and last included."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n)).round()})
+
+
+# --- model, training, evaluation ---------------------------------------------------------------
+
+
+def build_model(look_back: int, p: TrainLoadRnnParams):
+    """The tutorial's network: the LSTM's last output -> a hidden layer -> the 24 hours."""
+    import keras
+
+    return keras.Sequential([
+        keras.Input((look_back, 24), name="days"),  # (batch, look_back days, 24 scaled hours)
+        keras.layers.LSTM(p.lstm_units, name="lstm"),
+        keras.layers.Dense(p.dense_units, activation="relu", name="hidden"),
+        keras.layers.Dense(24, name="next_day"),
+    ], name="load_rnn")
+
+
+def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
+    """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
+    import keras
+
+    from stages.common.input_pipelines import read_spec, series_batches
+    from stages.common.seeding import seed_everything
+    from stages.common.training import EarlyStopping, Trainer
+
+    seed_everything(seed)
+    look_back = int(read_spec(data_dir)["look_back"])
+    trainer = Trainer(build_model(look_back, p), keras.optimizers.Adam(learning_rate=p.learning_rate),
+                      keras.losses.MeanSquaredError(), run_eagerly=p.run_eagerly)
+    history = trainer.fit(
+        train=lambda epoch: series_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch),
+        epochs=p.max_epochs,
+        validation=lambda: series_batches(data_dir, "valid", p.batch_size),
+        early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=p.patience),
+        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end, desc=STAGE,
+    )
+    return trainer, history
+
+
+def collect(data_dir: Path, split: str, batch_size: int) -> dict[str, np.ndarray]:
+    """A whole split in time order: scaled ``inputs``/``target`` and the MW metadata."""
+    from stages.common.input_pipelines import series_batches
+
+    parts: dict[str, list] = {}
+    for features, target in series_batches(data_dir, split, batch_size, metadata=True).as_numpy_iterator():
+        for name, values in {**features, "target": target}.items():
+            parts.setdefault(name, []).append(values)
+    arrays = {name: np.concatenate(values) for name, values in parts.items()}
+    arrays["target_day"] = np.array([d.decode() for d in arrays["target_day"]])
+    return arrays
+
+
+def evaluate_forecasts(predicted_scaled: np.ndarray, test: Mapping[str, np.ndarray],
+                       valid: Mapping[str, np.ndarray], scaler: Mapping) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Test metrics of the model and both baselines on the same days; also ``(kept mask, predicted MW)``."""
+    profiles = day_profiles(valid["target_day"], valid["inputs_mw"], valid["target_mw"])
+    profiles.update(day_profiles(test["target_day"], test["inputs_mw"], test["target_mw"]))
+    yesterday = naive_yesterday(test["inputs_mw"])
+    last_week = naive_last_week(test["target_day"], profiles)
+    keep = ~np.isnan(last_week).any(axis=1)
+    if not keep.any():
+        raise StageError(f"{DATA_DIR}: no test day has a profile one week earlier in the valid/test windows")
+    if not keep.all():
+        log.warning("%d test days lack a profile a week earlier: left out of every test metric", int((~keep).sum()))
+    predicted_mw = inverse_transform(predicted_scaled, scaler)
+    actual_mw = np.asarray(test["target_mw"], np.float64)
+    model_mae = mae(actual_mw[keep], predicted_mw[keep])
+    baselines = {"naive_yesterday_mae_mw": mae(actual_mw[keep], yesterday[keep]),
+                 "naive_last_week_mae_mw": mae(actual_mw[keep], last_week[keep])}
+    metrics = {
+        "test_days": int(keep.sum()),
+        "test_mse_scaled": float(np.mean((np.asarray(test["target"], np.float64)[keep] - predicted_scaled[keep]) ** 2)),
+        "test_mae_mw": model_mae,
+        "test_mape": mape(actual_mw[keep], predicted_mw[keep]),
+        **baselines,
+        "skill_vs_best_naive": skill(model_mae, list(baselines.values())),
+    }
+    return metrics, keep, predicted_mw
+
+
+def plot_forecast_days(days: Sequence[str], actual_mw: np.ndarray, predicted_mw: np.ndarray, path: Path) -> None:
+    """Predicted vs actual 24-hour curves, one panel per day."""
+    from stages.common.plotting import plt, save_png
+
+    columns = 3
+    rows = -(-len(days) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), sharex=True, sharey=True,
+                                squeeze=False, layout="constrained")
+    hours = np.arange(24)
+    for ax, day, actual, predicted in zip(axes.flat, days, actual_mw, predicted_mw):
+        ax.plot(hours, actual, color="black", label="actual")
+        ax.plot(hours, predicted, color="tab:orange", linestyle="--", label="LSTM")
+        ax.set(title=f"{day} ({dt.date.fromisoformat(day):%a})", xticks=range(0, 24, 6))
+    for ax in axes.flat[len(days):]:
+        ax.axis("off")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("hour (UTC)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("load (MW)")
+    axes.flat[0].legend(loc="best", fontsize="small")
+    figure.suptitle("train_load_rnn: next-day load on test days")
+    save_png(figure, path)
+
+
+def main() -> None:
+    seed, p = load_params(STAGE, TrainLoadRnnParams)
+
+    from stages.common.input_pipelines import series_batches
+    from stages.common.outputs import atomic_outputs, write_json, write_tsv
+    from stages.common.training import checkpoint_dir, clear_checkpoints
+
+    scaler = json.loads((DATA_DIR / "scaler.json").read_text(encoding="utf-8"))
+    ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
+    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
+    valid_mse = trainer.evaluate(series_batches(DATA_DIR, "valid", p.batch_size))["val_loss"]
+    test, valid = collect(DATA_DIR, "test", p.batch_size), collect(DATA_DIR, "valid", p.batch_size)
+    predicted_scaled = trainer.predict([test["inputs"][i:i + p.batch_size]
+                                        for i in range(0, len(test["inputs"]), p.batch_size)]).astype(np.float64)
+    metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
+    val_losses = [h["val_loss"] for h in history]
+    metrics |= {"valid_mse_scaled": valid_mse, "epochs": len(history), "best_epoch": int(np.argmin(val_losses)) + 1}
+    log.info("test MAE %.0f MW (yesterday %.0f, last week %.0f): skill vs best naive %.3f; best epoch %d of %d",
+             metrics["test_mae_mw"], metrics["naive_yesterday_mae_mw"], metrics["naive_last_week_mae_mw"],
+             metrics["skill_vs_best_naive"], metrics["best_epoch"], metrics["epochs"])
+
+    kept = np.flatnonzero(keep)
+    shown = kept[evenly_spaced(len(kept), PLOTTED_DAYS)]
+    with atomic_outputs() as out:
+        write_json(out.file(METRICS), metrics)
+        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "val_loss"],
+                  [(h["epoch"], h["loss"], h["val_loss"]) for h in history])
+        plot_forecast_days(list(test["target_day"][shown]), test["target_mw"][shown], predicted_mw[shown],
+                           out.file(PLOTS / "forecast_days.png"))
+        trainer.model.save_weights(out.directory(MODEL_DIR) / "model.weights.h5")
+    clear_checkpoints(ckpt)
+
+
+if __name__ == "__main__":
+    run_stage(main, STAGE)

@@ -1,0 +1,156 @@
+"""Stage ``train_load_rnn`` (tutorial 09): baselines, inverse transform, resume, and the quality gate.
+
+Window construction (no leakage across split boundaries, scaler fitted on train
+only) is tested with the TFRecords stage in tests/test_tfrecords.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import copy_project, project_files, run
+from stages.train_load_rnn import (
+    TrainLoadRnnParams, day_profiles, evaluate_forecasts, evenly_spaced, inverse_transform, mae, mape,
+    naive_last_week, naive_yesterday, skill,
+)
+
+START = dt.date(2021, 3, 1)
+
+
+def profile(day: int) -> np.ndarray:
+    """Hand-made load: day ``d`` hour ``h`` is ``1000 + 100 d + h`` MW."""
+    return 1000.0 + 100.0 * day + np.arange(24)
+
+
+def windows(first: int, last: int, look_back: int) -> dict[str, np.ndarray]:
+    """The windows of a split holding days ``first..last``, as the TFRecords stage builds them."""
+    targets = range(first + look_back, last + 1)
+    return {
+        "target_day": np.array([(START + dt.timedelta(days=d)).isoformat() for d in targets]),
+        "inputs_mw": np.array([[profile(d - look_back + k) for k in range(look_back)] for d in targets]),
+        "target_mw": np.array([profile(d) for d in targets]),
+    }
+
+
+# --- pure functions -------------------------------------------------------------------------------
+
+
+def test_inverse_transform_uses_each_hours_mean_and_scale() -> None:
+    scaler = {"mean": list(np.arange(24) * 10.0), "scale": list(np.arange(24) + 1.0)}
+    scaled = np.array([np.ones(24), -np.ones(24)])
+    mw = inverse_transform(scaled, scaler)
+    np.testing.assert_allclose(mw[0], np.arange(24) * 10.0 + np.arange(24) + 1.0)
+    np.testing.assert_allclose(mw[1], np.arange(24) * 10.0 - np.arange(24) - 1.0)
+    roundtrip = (mw - np.array(scaler["mean"])) / np.array(scaler["scale"])
+    np.testing.assert_allclose(roundtrip, scaled)
+
+
+def test_naive_baselines_on_a_hand_made_series() -> None:
+    test = windows(0, 19, look_back=3)  # target days 3..19
+    profiles = day_profiles(test["target_day"], test["inputs_mw"], test["target_mw"])
+    assert sorted(profiles) == [START + dt.timedelta(days=d) for d in range(20)]
+    np.testing.assert_array_equal(profiles[START + dt.timedelta(days=4)], profile(4))
+
+    yesterday = naive_yesterday(test["inputs_mw"])
+    np.testing.assert_array_equal(yesterday, [profile(d - 1) for d in range(3, 20)])
+    assert mae(test["target_mw"], yesterday) == pytest.approx(100.0)
+
+    last_week = naive_last_week(test["target_day"], profiles)
+    assert np.isnan(last_week[:4]).all()  # days 3..6: a week earlier is before the data
+    np.testing.assert_array_equal(last_week[4:], [profile(d - 7) for d in range(7, 20)])
+    assert mae(test["target_mw"][4:], last_week[4:]) == pytest.approx(700.0)
+
+
+def test_errors_and_skill() -> None:
+    actual = np.array([[100.0, 200.0], [400.0, 50.0]])
+    assert mae(actual, actual + [[10, -10], [0, 20]]) == pytest.approx(10.0)
+    assert mape(actual, actual * 1.1) == pytest.approx(10.0)
+    assert skill(50.0, [100.0, 80.0]) == pytest.approx(1 - 50 / 80)
+    assert skill(100.0, [100.0, 120.0]) == 0.0
+    assert evenly_spaced(11, 6) == [0, 2, 4, 6, 8, 10]
+    assert evenly_spaced(3, 6) == [0, 1, 2]
+
+
+def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
+    look_back = 3
+    scaler = {"mean": [1000.0] * 24, "scale": [100.0] * 24}
+    valid, test = windows(0, 9, look_back), windows(10, 30, look_back)  # test targets: days 13..30
+    test["target"] = (test["target_mw"] - 1000.0) / 100.0
+    # A model that is exactly 50 MW too high on every hour.
+    predicted_scaled = (test["target_mw"] + 50.0 - 1000.0) / 100.0
+    metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
+    assert keep.all() and metrics["test_days"] == 18  # days 13..16 take last week from the valid windows
+    np.testing.assert_allclose(predicted_mw, test["target_mw"] + 50.0)
+    assert metrics["test_mae_mw"] == pytest.approx(50.0)
+    assert metrics["test_mse_scaled"] == pytest.approx(0.25)
+    assert metrics["naive_yesterday_mae_mw"] == pytest.approx(100.0)
+    assert metrics["naive_last_week_mae_mw"] == pytest.approx(700.0)
+    assert metrics["skill_vs_best_naive"] == pytest.approx(0.5)
+
+    # Without the valid days, the first 4 test days have no week-ago profile: dropped from every metric.
+    empty = {k: v[:0] for k, v in valid.items()}
+    metrics, keep, _ = evaluate_forecasts(predicted_scaled, test, empty, scaler)
+    assert keep.tolist() == [False] * 4 + [True] * 14 and metrics["test_days"] == 14
+    assert metrics["naive_last_week_mae_mw"] == pytest.approx(700.0)
+    assert metrics["test_mae_mw"] == pytest.approx(50.0)
+
+
+# --- the stage on the default synthetic series ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with the default synthetic series, its TFRecords, and the stage run once."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    root = copy_project(tmp_path_factory.mktemp("load_rnn") / "project", files)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if "train_load_rnn" not in params:
+        params["train_load_rnn"] = TrainLoadRnnParams().model_dump()
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("make_series", "tfrecords_series", "train_load_rnn"):
+        run(["python", "-m", f"stages.{stage}"], root)
+    return root
+
+
+def test_stage_beats_the_seasonal_naive_baselines(project: Path) -> None:
+    metrics = json.loads((project / "metrics/load_forecast.json").read_text())
+    assert metrics["skill_vs_best_naive"] > 0.2, metrics  # the quality gate (≈ 0.43 with the defaults)
+    assert metrics["test_mae_mw"] < min(metrics["naive_yesterday_mae_mw"], metrics["naive_last_week_mae_mw"])
+    spec = json.loads((project / "data/tfrecords/series/spec.json").read_text())
+    assert metrics["test_days"] == spec["splits"]["test"]["examples"]  # every test day is scored
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 100
+    history = (project / "plots/train_load_rnn/history.tsv").read_text().splitlines()
+    assert history[0] == "epoch\tloss\tval_loss" and len(history) == metrics["epochs"] + 1
+    best_val = float(history[metrics["best_epoch"]].split("\t")[2])
+    assert metrics["valid_mse_scaled"] == pytest.approx(best_val, rel=1e-4)  # the best weights were restored
+    assert (project / "plots/train_load_rnn/forecast_days.png").stat().st_size > 0
+    assert (project / "models/load_rnn/model.weights.h5").stat().st_size > 0
+    assert not [p for p in (project / "checkpoints/train_load_rnn").iterdir() if p.name != "README.txt"]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_path: Path) -> None:
+    from stages.train_load_rnn import train_model
+
+    data = project / "data/tfrecords/series"
+    p = TrainLoadRnnParams(max_epochs=3, patience=10, checkpoint_every_s=0.0)
+    reference, reference_history = train_model(p, 7, data, None)
+
+    def interrupt(epoch: int, logs: dict) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(p, 7, data, tmp_path, on_epoch_end=interrupt)
+    seen: list[int] = []
+    resumed, history = train_model(p, 7, data, tmp_path, on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    assert seen == [2]  # only the missing epoch ran
+    for a, b in zip(history, reference_history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+    for a, b in zip(resumed.model.weights, reference.model.weights):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
