@@ -169,17 +169,16 @@ def vocabulary_counts(chunks: list[ChunkTokens]) -> Counter[str]:
     return total
 
 
-class _Int64Bytes:
-    """Serialized int64 Features and FeatureList steps per value 0..n-1, built once per
-    process: a record is mostly steps of a few thousand distinct ids, so copying
-    their bytes beats encoding each (same bytes as tfrecords.int64_feature, ~25 us a call)."""
+class _Int64Steps:
+    """Serialized FeatureList steps (one int64 Feature each) per id 0..n-1, built once per
+    process: a record is mostly steps of a few thousand distinct ids, so copying their
+    bytes beats encoding each (same bytes as ``feature_list([int64_feature(id)])``)."""
 
     def __init__(self) -> None:
-        self.features: list[bytes] = []
         self.steps: list[bytes] = []
 
     def cover(self, size: int) -> None:
-        """Make values ``< size`` available, in one vectorized call."""
+        """Make ids ``< size`` available, in one vectorized call."""
         import numpy as np
 
         from stages.common.tfrecords import int64_feature_list
@@ -191,30 +190,21 @@ class _Int64Bytes:
         while pos < len(blob):  # each step: 0x0a, its length (< 128: one byte), the Feature
             end = pos + 2 + blob[pos + 1]
             self.steps.append(blob[pos:end])
-            self.features.append(blob[pos + 2:end])
             pos = end
 
-    def feature(self, value: int) -> bytes:
-        if 0 <= value < len(self.features):
-            return self.features[value]
-        from stages.common.tfrecords import int64_feature
 
-        return int64_feature(value)
-
-
-_INT64 = _Int64Bytes()
-_CACHED_CONTEXT_VALUE = 1 << 14  # ratings, targets, lengths and (real) review ids are below
+_STEPS = _Int64Steps()
 
 
 def encode_record(ids: list[int], target: int, rating: int, review_id: int) -> bytes:
     """One review's serialized ``tf.train.SequenceExample`` (``ids`` end with ``<eos>``)."""
-    from stages.common.tfrecords import sequence_example
+    from stages.common.tfrecords import int64_feature, sequence_example
 
-    _INT64.cover(max(max(ids) + 1, _CACHED_CONTEXT_VALUE))
-    steps, feature = _INT64.steps, _INT64.feature
+    _STEPS.cover(max(ids) + 1)
+    steps = _STEPS.steps
     return sequence_example(
-        {"sequence_length": feature(len(ids)), "target": feature(target), "rating": feature(rating),
-         "review_id": feature(review_id)},
+        {"sequence_length": int64_feature(len(ids)), "target": int64_feature(target),
+         "rating": int64_feature(rating), "review_id": int64_feature(review_id)},
         {"token_indexes": b"".join([steps[i] for i in ids])},
     )
 
@@ -246,18 +236,10 @@ def _serialized(record: bytes) -> bytes:
 @contextmanager
 def process_map(workers: int) -> Iterator[Callable]:
     """An ordered ``map`` over ``workers`` processes (the built-in map for 1)."""
-    import concurrent.futures
-    import multiprocessing
+    from stages.common.tfrecords import encoder_pool
 
-    if workers == 1:
-        yield map
-        return
-    # spawn, as write_split: safe even if TensorFlow already started threads.
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield pool.map
-    finally:
-        pool.shutdown(cancel_futures=True)
+    with encoder_pool(workers) as pool:
+        yield map if pool is None else pool.map
 
 
 def _progress(results: Iterable, total: int, desc: str, size: Callable) -> list:

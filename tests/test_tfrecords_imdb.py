@@ -30,7 +30,7 @@ from stages.common.text import (
     token_ids,
     tokenize,
 )
-from stages.tfrecords_imdb import Review, _Int64Bytes, find_reviews, split_reviews
+from stages.tfrecords_imdb import Review, _Int64Steps, find_reviews, split_reviews
 
 OUT = Path("data/tfrecords/imdb")
 
@@ -108,15 +108,18 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
         split_reviews(train[:1], test, 0.9, seed=3)
 
 
-def test_int64_bytes_table_matches_the_shared_codec() -> None:
+def test_int64_steps_table_and_scalar_features_match_the_shared_codec() -> None:
+    import numpy as np
+
     from stages.common.tfrecords import feature_list, int64_feature
 
-    table = _Int64Bytes()
+    table = _Int64Steps()
     table.cover(20_000)
     for value in (0, 1, 127, 128, 300, 16_383, 16_384, 19_999):
-        assert table.features[value] == int64_feature(value)
         assert table.steps[value] == feature_list([int64_feature(value)])
-    assert table.feature(2**40) == int64_feature(2**40)
+    # The scalar fast path gives the vectorized path's bytes, negatives and large values included.
+    for value in (0, 1, 127, 128, 300, 16_383, 16_384, 19_999, 2**40, 2**63 - 1, -1, -(2**63)):
+        assert int64_feature(value) == int64_feature(np.array([value], dtype=np.int64))
 
 
 def test_bad_tree_names_the_path(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import re
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -105,6 +106,10 @@ def _as_bytes(value: bytes | str) -> bytes:
 
 def int64_feature(values: int | Iterable[int] | np.ndarray) -> bytes:
     """A serialized ``tf.train.Feature`` holding an ``int64_list``."""
+    if type(values) is int:  # scalars (labels, ids, lengths): plain Python is ~50x faster than numpy here
+        if not -(2**63) <= values < 2**63:
+            raise OverflowError(f"int64_feature: {values} does not fit in int64")
+        return _field(_TAG_3, _field(_TAG_1, _varint(values & 0xFFFF_FFFF_FFFF_FFFF)))  # two's complement, as protobuf
     array = np.atleast_1d(np.asarray(values if not isinstance(values, Iterator) else list(values)))
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"int64_feature needs integers, got dtype {array.dtype}")
@@ -256,8 +261,11 @@ def encoder_pool(workers: int) -> Iterator[concurrent.futures.Executor | None]:
     if workers == 1:
         yield None
         return
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an error, don't finish queued work first
 
 
 def write_split(
@@ -293,7 +301,8 @@ def write_split(
              for shard, (lo, stop) in enumerate(bounds) for start in range(lo, stop, _CHUNK_ITEMS)]
     paths = [out_dir / shard_name(split, i, num_shards, compression) for i in range(num_shards)]
     files = [_ShardFile(p, compression) for p in paths]
-    progress = tqdm(total=len(items), desc=desc or split, unit="rec", leave=False, mininterval=0.5)
+    progress = tqdm(total=len(items), desc=desc or split, unit="rec", leave=False, mininterval=0.5,
+                    file=sys.stderr, disable=None)  # no bar in logs without a terminal, like every other bar
     try:
         with ExitStack() as stack:
             if pool is None and workers > 1 and len(tasks) > 1:
