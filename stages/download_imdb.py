@@ -42,6 +42,7 @@ from pydantic import Field, model_validator
 
 from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, load_params
+from stages.common.text import strip_tags
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ LABELLED = [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")
 UNSUP = ("train", "unsup")
 RATINGS = {"neg": range(1, 5), "pos": range(7, 11), "unsup": range(0, 1)}
 FILE_NAME = re.compile(r"(\d+)_(\d+)\.txt")
-TAG = re.compile(r"<[^>]*>")
 EXAMPLES = 5  # file names listed per kind of problem in the report
 
 
@@ -132,7 +132,7 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
 
 def count_tokens(text: str) -> int:
     """Whitespace tokens once HTML tags are removed."""
-    return len(TAG.sub(" ", text).split())
+    return len(strip_tags(text).split())
 
 
 def name_problem(name: str, label: str) -> tuple[str, str] | None:

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from stages import series_sample
 from stages.common.cli import StageError, run_stage
-from stages.common.outputs import atomic_outputs, write_json
+from stages.common.outputs import atomic_outputs, write_csv, write_json
 from stages.common.params import Section, load_params
 
 log = logging.getLogger(__name__)
@@ -280,15 +280,14 @@ def _stats(values: pd.Series) -> dict:
 
 def write_series(path: Path, grid: pd.DataFrame) -> None:
     """``timestamp_utc,load_mw,forecast_mw``; whole MW as integers, blank where missing."""
-    def cell(v: float) -> str:
+    def cell(v: float) -> int | float | None:
         if math.isnan(v):
-            return ""
-        return str(int(v)) if v.is_integer() else repr(round(v, 3))
+            return None  # a blank cell
+        return int(v) if v.is_integer() else round(v, 3)
 
-    lines = ["timestamp_utc,load_mw,forecast_mw"]
-    for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"]):
-        lines.append(f"{_iso(when)},{cell(load)},{cell(forecast)}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = ((_iso(when), cell(load), cell(forecast))
+            for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"]))
+    write_csv(path, ["timestamp_utc", "load_mw", "forecast_mw"], rows)
 
 
 def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.DataFrame, found: dict) -> dict:

@@ -145,6 +145,11 @@ def records(files: Sequence[Path], order: np.ndarray | None = None, block: int |
     return dataset.batch(max(1, block)).enumerate().map(reorder).unbatch()
 
 
+def _order(files: Sequence[Path], shuffle_seed: int | None, epoch: int, block: int | None) -> np.ndarray | None:
+    """This epoch's :func:`shuffle_order` over ``files``; ``None`` (file order) without a seed."""
+    return None if shuffle_seed is None else shuffle_order(count_records(files), shuffle_seed, epoch, block)
+
+
 _CACHE: dict[tuple, Arrays] = {}
 
 
@@ -164,9 +169,7 @@ def _examples(
     dict operations: applied to NumPy arrays for the cache (no per-epoch
     ``map`` to trace) and inside the parsing ``map`` when streaming.
     """
-    order = None
-    if shuffle_seed is not None:
-        order = shuffle_order(count_records(files), shuffle_seed, epoch, shuffle_buffer)
+    order = _order(files, shuffle_seed, epoch, shuffle_buffer)
     if not cache:
         dataset = records(files, order, shuffle_buffer).batch(PARSE_BATCH)
         parse = lambda batch: select(parse_batch(batch))  # noqa: E731
@@ -311,7 +314,7 @@ def text_batches(
             features |= {"rating": ctx["rating"], "review_id": ctx["review_id"]}
         return features, ctx["target"]
 
-    order = None if shuffle_seed is None else shuffle_order(count_records(files), shuffle_seed, epoch, shuffle_buffer)
+    order = _order(files, shuffle_seed, epoch, shuffle_buffer)
     dataset = records(files, order, shuffle_buffer).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     if bucket_boundaries:
         boundaries = sorted({int(b) for b in bucket_boundaries})

@@ -51,9 +51,14 @@ _TOKEN = re.compile(
 )
 
 
+def strip_tags(text: str) -> str:
+    """Text with HTML tags such as ``<br />`` replaced by spaces."""
+    return _TAG.sub(" ", text)
+
+
 def clean_html(text: str) -> str:
     """Text with HTML tags replaced by spaces and entities unescaped."""
-    text = _TAG.sub(" ", text)
+    text = strip_tags(text)
     return html.unescape(text) if "&" in text else text  # most reviews have no entity
 
 
