@@ -30,6 +30,7 @@ bench: setup
 	python bench/bench_tfrecords_imdb.py
 	python bench/bench_tfrecords_fer2013.py
 	python bench/bench_input_pipelines.py
+	python bench/bench_train_emotion_cnn.py
 
 # Remove generated outputs (not metrics/ and plots/, which git tracks).
 clean-outputs:

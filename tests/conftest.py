@@ -72,3 +72,14 @@ def workdir(tmp_path: Path) -> Path:
     """A scratch copy of params.yaml and the stages, for running single stages."""
     files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
     return copy_project(tmp_path / "project", files)
+
+
+@pytest.fixture(scope="session")
+def emotion_cnn_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with the default FER2013 sample, its TFRecords, and train_emotion_cnn run once at its
+    default params (shared by tests/test_emotion_cnn.py and tests/test_emotion_demo.py: ~2 minutes)."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    root = copy_project(tmp_path_factory.mktemp("emotion_cnn") / "project", files)
+    for stage in ("download_fer2013", "tfrecords_fer2013", "train_emotion_cnn"):
+        run(["python", "-m", f"stages.{stage}"], root)
+    return root

@@ -239,10 +239,14 @@ class _FitState:
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_weights = [tf.Variable(np.asarray(w), trainable=False) for w in model.weights]
         self.history: History = []
+        # Variables that are not weights: the random-generator states of dropout layers. Without them a
+        # resumed run would draw other dropout masks than an uninterrupted one.
+        weight_ids = {id(w) for w in model.weights}
+        self.random_state = [v for v in model.variables if id(v) not in weight_ids]
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=trainer.optimizer, epoch=self.epoch, finished=self.finished,
             best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait,
-            best_weights=self.best_weights,
+            best_weights=self.best_weights, random_state=self.random_state,
         )
 
     def update_early_stopping(self, logs: Mapping[str, float]) -> bool:

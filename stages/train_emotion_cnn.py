@@ -1,0 +1,416 @@
+"""Stage ``train_emotion_cnn`` (tutorial 07): a CNN that tells seven facial expressions apart.
+
+The tutorial's network, block for block (``build_model``): four blocks of
+``conv -> BN -> strided conv -> BN -> ReLU -> dropout`` (48 -> 24 -> 12 -> 6 -> 3
+pixels), then its head of 1×1 and 3×3 convolutions down to a 1×1×7 map, the
+seven logits. As in the tutorial the head has no ReLU (only batch norm).
+Kernel sizes are the tutorial's (``KERNELS``); widths and dropout rates are
+params. Batch norm and dropout follow the ``training`` flag the Trainer passes.
+
+Trained with the shared eager loop (stages/common/training.py): Adam, batch
+64, early stopping on the PublicTest (``valid``) loss with the best weights
+restored, resumable checkpoints. PrivateTest (``test``) is used only for the
+final metrics. Two optional departures from the tutorial, off by default:
+
+- ``class_weight: balanced``: each training example's loss is weighted by
+  ``n / (k * count[class])`` (counts of the training split), as scikit-learn's
+  "balanced"; the validation loss that early stopping watches is weighted the
+  same way, so it tracks the objective being minimised;
+- ``augment: true``: random horizontal flips and shifts of up to
+  ``augment_shift`` pixels, drawn from (seed, epoch, batch) so a resumed run
+  sees the same images.
+
+Integrated gradients (Sundararajan et al. 2017) explain a fixed set of test
+faces (the first test face of each class): the attribution of pixel i is
+``(x_i - x0_i) * mean over the straight path x0 -> x of d logit_c / d x_i``
+for the predicted class ``c``, zero baseline ``x0``, ``ig_steps`` intervals
+(trapezoid rule). Attributions sum to ``logit_c(x) - logit_c(x0)``
+(completeness; tested).
+
+Outputs:
+
+- ``models/emotion_cnn/model.weights.h5``: the Keras weights (byte-stable);
+- ``models/emotion_cnn/saved_model/``: an exported SavedModel that needs only
+  TensorFlow (``tf.saved_model.load``), no code of this project::
+
+      m = tf.saved_model.load("models/emotion_cnn/saved_model")
+      out = m.serve(pixels)       # pixels: uint8 (batch, 48, 48, 1), raw 0-255 grayscale
+      out["logits"], out["probabilities"]   # float32 (batch, 7)
+      m.class_names()             # string (7,): Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral
+
+  (also as the signatures ``serving_default`` and ``class_names``);
+- ``metrics/emotion_cnn.json``: validation and test accuracy, test macro F1,
+  per-class precision / recall / F1, best epoch, parameter count, ...;
+- ``plots/train_emotion_cnn/``: ``history.tsv`` (per-epoch loss and accuracy),
+  ``confusion.csv`` (test, class names) and ``integrated_gradients.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+
+log = logging.getLogger(__name__)
+
+STAGE = "train_emotion_cnn"
+DATA_DIR = Path("data/tfrecords/fer2013")
+MODEL_DIR = Path("models/emotion_cnn")
+EXPORT_NAME = "saved_model"
+METRICS = Path("metrics/emotion_cnn.json")
+PLOTS = Path("plots/train_emotion_cnn")
+CHECKPOINTS = Path("checkpoints")
+
+# The tutorial's kernel sizes: (first conv, strided conv) per block, then the head's four convs.
+KERNELS = ((5, 5), (5, 5), (3, 3), (1, 3))
+HEAD_KERNELS = (1, 3, 1)  # then the 3×3 strided conv to the logits
+
+
+class TrainEmotionCnnParams(Section):
+    block_filters: list[list[int]] = Field(
+        [[16, 16], [32, 32], [64, 64], [64, 128]],
+        description="(first conv, strided conv) widths of the four blocks")
+    dropout: list[float] = Field([0.4, 0.3, 0.3, 0.3], description="dropout rate after each block")
+    head_filters: list[int] = Field([256, 128, 256], description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
+    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
+    class_weight: Literal["none", "balanced"] = "none"
+    augment: bool = False
+    augment_shift: int = Field(3, ge=0, le=12, description="largest shift in pixels when augment is on")
+    ig_steps: int = Field(64, ge=1, description="integration intervals of integrated gradients")
+    run_eagerly: bool = False
+    checkpoint_every_s: float = Field(60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _four_blocks(self) -> TrainEmotionCnnParams:
+        if len(self.block_filters) != len(KERNELS) or any(len(b) != 2 or min(b) < 1 for b in self.block_filters):
+            raise ValueError(f"block_filters: must be {len(KERNELS)} pairs of positive widths "
+                             f"(got {self.block_filters!r})")
+        if len(self.dropout) != len(KERNELS) or not all(0.0 <= r < 1.0 for r in self.dropout):
+            raise ValueError(f"dropout: must be {len(KERNELS)} rates in [0, 1) (got {self.dropout!r})")
+        if len(self.head_filters) != len(HEAD_KERNELS) or min(self.head_filters) < 1:
+            raise ValueError(f"head_filters: must be {len(HEAD_KERNELS)} positive widths (got {self.head_filters!r})")
+        return self
+
+
+# --- the network --------------------------------------------------------------------------------
+
+
+def build_model(p: TrainEmotionCnnParams, num_classes: int = 7, side: int = 48):
+    """The tutorial's CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes)."""
+    import keras
+    from keras import layers
+
+    def conv(filters: int, kernel: int, stride: int, name: str):
+        return layers.Conv2D(filters, kernel, strides=stride, padding="same", name=name)
+
+    images = keras.Input((side, side, 1), name="images")
+    x = images
+    for i, ((first, strided), (k1, k2), rate) in enumerate(zip(p.block_filters, KERNELS, p.dropout), start=1):
+        x = conv(first, k1, 1, f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = conv(strided, k2, 2, f"block{i}_conv_stride2")(x)  # halves the side
+        x = layers.BatchNormalization(name=f"block{i}_stride2_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+        x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
+    # Head (48 px input: 3×3 -> 2×2 -> 1×1), linear apart from batch norm, as in the tutorial.
+    wide, narrow, wide2 = p.head_filters
+    x = conv(wide, HEAD_KERNELS[0], 1, "head_conv1x1_a")(x)
+    x = layers.BatchNormalization(name="head_bn_a")(x)
+    x = conv(narrow, HEAD_KERNELS[1], 2, "head_conv3x3_stride2")(x)
+    x = conv(wide2, HEAD_KERNELS[2], 1, "head_conv1x1_b")(x)
+    x = layers.BatchNormalization(name="head_bn_b")(x)
+    x = conv(num_classes, 3, 2, "logits_conv3x3_stride2")(x)
+    logits = layers.Flatten(name="logits")(x)  # (b, 1, 1, k) -> (b, k) for 48 px faces
+    return keras.Model(images, logits, name="emotion_cnn")
+
+
+# --- class weights, loss, augmentation ------------------------------------------------------------
+
+
+def class_weights(counts: Sequence[int], mode: str) -> np.ndarray | None:
+    """``balanced``: ``n / (k * count)`` per class (0 for a class absent from training); ``none``: None."""
+    if mode == "none":
+        return None
+    counts = np.asarray(counts, dtype=np.float64)
+    n, k = counts.sum(), len(counts)
+    return np.divide(n, k * counts, out=np.zeros(k), where=counts > 0)
+
+
+class WeightedCrossEntropy:
+    """Softmax cross-entropy on logits, each example weighted by its class's weight (batch mean)."""
+
+    def __init__(self, weights: Sequence[float] | None) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.weights = None if weights is None else tf.constant(np.asarray(weights), tf.float32)
+
+    def __call__(self, labels, logits):
+        import tensorflow as tf
+
+        if self.weights is None:
+            return self.cross_entropy(labels, logits)
+        return self.cross_entropy(labels, logits, sample_weight=tf.gather(self.weights, labels))
+
+
+def augment_batches(batches, seed: int, epoch: int, max_shift: int):
+    """Random horizontal flips and shifts (edge pixels repeated), drawn from (seed, epoch, batch index)."""
+    import tensorflow as tf
+
+    base = tf.constant([seed, epoch], tf.int64)
+
+    def augment(index, batch):
+        images, labels = batch
+        flip_seed = tf.random.experimental.stateless_fold_in(base, 2 * index)
+        shift_seed = tf.random.experimental.stateless_fold_in(base, 2 * index + 1)
+        images = tf.image.stateless_random_flip_left_right(images, flip_seed)
+        n = tf.shape(images)[0]
+        shifts = tf.cast(tf.random.stateless_uniform([n, 2], shift_seed, -max_shift, max_shift + 1, tf.int32),
+                         tf.float32)
+        # Projective transform rows [1, 0, dx, 0, 1, dy, 0, 0]: output (x, y) reads input (x + dx, y + dy).
+        ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
+        transforms = tf.concat([ones, zeros, shifts[:, :1], zeros, ones, shifts[:, 1:], zeros, zeros], axis=1)
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+            interpolation="NEAREST", fill_mode="NEAREST")
+        return images, labels
+
+    return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+# --- integrated gradients --------------------------------------------------------------------------
+
+
+def integrated_gradients(model, images: np.ndarray, steps: int, baseline: np.ndarray | None = None,
+                         targets: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attributions (same shape as ``images``) of each image's class logit, and those classes.
+
+    ``targets`` defaults to the predicted classes. The path integral from
+    ``baseline`` (zeros by default) to the image uses ``steps`` intervals and
+    the trapezoid rule; ``model`` runs in inference mode (``training=False``).
+    """
+    import tensorflow as tf
+
+    images = np.asarray(images, np.float32)
+    baseline = np.zeros_like(images[0]) if baseline is None else np.asarray(baseline, np.float32)
+    if targets is None:
+        targets = np.argmax(model(images, training=False).numpy(), axis=1)
+    alphas = tf.reshape(tf.linspace(0.0, 1.0, steps + 1), [-1, 1, 1, 1])
+    attributions = []
+    for image, target in zip(images, targets):
+        path = baseline + alphas * (image - baseline)  # (steps + 1, H, W, C)
+        with tf.GradientTape() as tape:
+            tape.watch(path)
+            logit = model(path, training=False)[:, int(target)]
+        gradients = tape.gradient(logit, path).numpy().astype(np.float64)
+        average = (gradients[:-1] + gradients[1:]).sum(axis=0) / (2 * steps)
+        attributions.append((image - baseline) * average)
+    return np.asarray(attributions), np.asarray(targets)
+
+
+def first_of_each_class(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Index of the first example of each class present, in class order: the fixed faces explained."""
+    return [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes) if (labels == c).any()]
+
+
+def plot_integrated_gradients(images: np.ndarray, attributions: np.ndarray, true: Sequence[str],
+                              predicted: Sequence[str], confidence: Sequence[float], path: Path) -> None:
+    """One column per face: the face (true vs predicted class) above its saliency |attribution|."""
+    from stages.common.plotting import plt, save_png
+
+    n = len(images)
+    figure, axes = plt.subplots(2, n, figsize=(1.9 * n, 4.4), squeeze=False, layout="constrained")
+    for i in range(n):
+        saliency = np.abs(attributions[i, ..., 0])
+        axes[0, i].imshow(images[i, ..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+        color = "tab:green" if true[i] == predicted[i] else "tab:red"
+        axes[0, i].set_title(f"true {true[i]}\npred {predicted[i]} {confidence[i]:.0%}", fontsize=9, color=color)
+        axes[1, i].imshow(saliency, cmap="inferno", vmin=0.0, vmax=max(float(saliency.max()), 1e-12))
+        for ax in axes[:, i]:
+            ax.set(xticks=[], yticks=[])
+    axes[0, 0].set_ylabel("test face")
+    axes[1, 0].set_ylabel("|integrated gradients|")
+    figure.suptitle("train_emotion_cnn: integrated gradients of the predicted class (zero baseline)")
+    save_png(figure, path)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export_model(model, class_names: Sequence[str], path: Path, side: int = 48) -> None:
+    """A SavedModel taking raw uint8 pixels, loadable with ``tf.saved_model.load`` alone (see the docstring)."""
+    import tensorflow as tf
+
+    names = list(class_names)
+    module = tf.Module()
+    module.model = model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 1], tf.uint8, name="pixels")])
+    def serve(pixels):
+        # The same uint8 -> [0, 1] conversion as the training input pipeline, so logits match exactly.
+        logits = module.model(tf.image.convert_image_dtype(pixels, tf.float32), training=False)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    @tf.function(input_signature=[])
+    def class_names_fn():
+        return tf.constant(names)
+
+    module.serve, module.class_names = serve, class_names_fn
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve, "class_names": class_names_fn})
+
+
+def to_pixels(images: np.ndarray) -> np.ndarray:
+    """Float [0, 1] images from the input pipeline back to their uint8 pixels."""
+    return np.rint(np.asarray(images) * 255.0).astype(np.uint8)
+
+
+# --- training and evaluation ------------------------------------------------------------------------
+
+
+def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
+    """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
+    import keras
+
+    from stages.common.input_pipelines import image_batches, read_spec
+    from stages.common.seeding import seed_everything
+    from stages.common.training import EarlyStopping, Trainer
+
+    seed_everything(seed)
+    spec = read_spec(data_dir)
+    names = spec["class_names"]
+    counts = [spec["splits"]["train"]["class_counts"].get(name, 0) for name in names]
+    weights = class_weights(counts, p.class_weight)
+    if weights is not None:
+        log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)))
+    side = int(spec.get("image_shape", [48])[0])
+    trainer = Trainer(build_model(p, len(names), side), keras.optimizers.Adam(learning_rate=p.learning_rate),
+                      WeightedCrossEntropy(weights), metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
+                      run_eagerly=p.run_eagerly)
+
+    def train(epoch: int):
+        batches = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch)
+        return augment_batches(batches, seed, epoch, p.augment_shift) if p.augment else batches
+
+    history = trainer.fit(
+        train=train, epochs=p.max_epochs,
+        validation=lambda: image_batches(data_dir, "valid", p.batch_size),
+        early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=p.patience),
+        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end, desc=STAGE,
+    )
+    return trainer, history
+
+
+def collect_split(data_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split in file order: images float32 (n, H, W, 1) in [0, 1], labels int64 (n,)."""
+    from stages.common.input_pipelines import image_batches
+
+    images, labels = [], []
+    for x, y in image_batches(data_dir, split, batch_size).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def evaluate_test(trainer, images: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                 batch_size: int) -> tuple[dict, np.ndarray]:
+    """Accuracy, macro and per-class scores on the test split; also the logits."""
+    from stages.common.streaming_metrics import ConfusionMatrix, classification_report
+
+    logits = trainer.predict([images[i:i + batch_size] for i in range(0, len(images), batch_size)])
+    confusion = ConfusionMatrix(len(names))
+    confusion.update_state(labels, logits)
+    report = classification_report(confusion.result().numpy())
+    support = np.bincount(labels, minlength=len(names))
+    metrics = {
+        "test_accuracy": report["accuracy"],
+        "test_macro_f1": report["macro_f1"],
+        "test_macro_precision": report["macro_precision"],
+        "test_macro_recall": report["macro_recall"],
+        "test_examples": len(labels),
+        "test_majority_class_share": float(support.max() / support.sum()),
+        "test_per_class": {name: {"precision": report["precision"][c], "recall": report["recall"][c],
+                                  "f1": report["f1"][c], "support": int(support[c])}
+                           for c, name in enumerate(names)},
+    }
+    return metrics, logits
+
+
+def explain(model, images: np.ndarray, labels: np.ndarray, names: Sequence[str], steps: int, path: Path) -> dict:
+    """Integrated-gradients panel of the first test face of each class; returns its completeness errors."""
+    import tensorflow as tf
+
+    shown = first_of_each_class(labels, len(names))
+    faces = images[shown]
+    attributions, targets = integrated_gradients(model, faces, steps)
+    logits = model(faces, training=False).numpy()
+    at_baseline = model(np.zeros_like(faces), training=False).numpy()
+    probabilities = tf.nn.softmax(logits).numpy()
+    rows = np.arange(len(shown))
+    gap = logits[rows, targets] - at_baseline[rows, targets]
+    error = np.abs(attributions.reshape(len(shown), -1).sum(axis=1) - gap)
+    plot_integrated_gradients(faces, attributions, [names[c] for c in labels[shown]], [names[c] for c in targets],
+                              probabilities[rows, targets], path)
+    return {"ig_faces": len(shown), "ig_steps": steps,
+            "ig_max_completeness_error": float(np.max(error / np.maximum(np.abs(gap), 1e-6)))}
+
+
+def main() -> None:
+    seed, p = load_params(STAGE, TrainEmotionCnnParams)
+
+    import tensorflow as tf
+
+    from stages.common.input_pipelines import image_batches, read_spec
+    from stages.common.outputs import atomic_outputs, write_csv, write_json, write_tsv
+    from stages.common.training import checkpoint_dir, clear_checkpoints
+
+    spec = read_spec(DATA_DIR)
+    names = list(spec["class_names"])
+    ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
+    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
+    valid = trainer.evaluate(image_batches(DATA_DIR, "valid", p.batch_size))
+    images, labels = collect_split(DATA_DIR, "test", p.batch_size)
+    results, logits = evaluate_test(trainer, images, labels, names, p.batch_size)
+    best_epoch = int(np.argmin([h["val_loss"] for h in history])) + 1
+    metrics = {
+        "valid_accuracy": valid["val_accuracy"], "valid_loss": valid["val_loss"], **results,
+        "best_epoch": best_epoch, "epochs": len(history),
+        "train_examples": int(spec["splits"]["train"]["examples"]),
+        "params": int(trainer.model.count_params()),
+        "class_weight": p.class_weight, "augment": p.augment,
+    }
+    predicted = np.argmax(logits, axis=1)
+
+    with atomic_outputs() as out:
+        model_dir = out.directory(MODEL_DIR)
+        trainer.model.save_weights(model_dir / "model.weights.h5")
+        export_model(trainer.model, names, model_dir / EXPORT_NAME, side=images.shape[1])
+        # The export must answer exactly as the model in memory.
+        served = tf.saved_model.load(str(model_dir / EXPORT_NAME))
+        exported = served.serve(tf.constant(to_pixels(images[: p.batch_size])))["logits"].numpy()
+        metrics["export_max_abs_diff"] = float(np.max(np.abs(exported - logits[: p.batch_size])))
+        metrics |= explain(trainer.model, images, labels, names, p.ig_steps, out.file(PLOTS / "integrated_gradients.png"))
+        write_json(out.file(METRICS), metrics)
+        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
+                  [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history])
+        write_csv(out.file(PLOTS / "confusion.csv"), ["actual", "predicted"],
+                  [(names[a], names[b]) for a, b in zip(labels.tolist(), predicted.tolist())])
+    log.info("test accuracy %.3f (majority class %.3f), macro F1 %.3f; valid accuracy %.3f; best epoch %d of %d",
+             metrics["test_accuracy"], metrics["test_majority_class_share"], metrics["test_macro_f1"],
+             metrics["valid_accuracy"], best_epoch, len(history))
+    clear_checkpoints(ckpt)
+
+
+if __name__ == "__main__":
+    run_stage(main, STAGE)
