@@ -238,11 +238,15 @@ class _FitState:
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_weights = [tf.Variable(np.asarray(w), trainable=False) for w in model.weights]
+        # Keras keeps random state (a Dropout layer's seed generator) in variables outside
+        # model.weights, which a checkpoint of the model does not save: without them a resumed
+        # run would draw other dropout masks than an uninterrupted one.
+        self.random_state = [v for v in model.variables if all(v is not w for w in model.weights)]
         self.history: History = []
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=trainer.optimizer, epoch=self.epoch, finished=self.finished,
             best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait,
-            best_weights=self.best_weights,
+            best_weights=self.best_weights, random_state=self.random_state,
         )
 
     def update_early_stopping(self, logs: Mapping[str, float]) -> bool:
