@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -109,6 +110,15 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
+    class CountSteps(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            CountSteps.steps += 1
+
+    # Length buckets leave the dataset's cardinality unknown: fit warns that the input "ran out
+    # of data" at the end of each epoch, though it trained on every batch (counted below).
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     load = os.getloadavg()
     run_steps(compiled.train_step, batches(0))  # warm-up: traces the step
     model.fit(batches(0), epochs=1, verbose=0, shuffle=False)
@@ -116,10 +126,13 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     for repeat in range(repeats):
         epoch = 1 + repeat
         timings["tf_function"].append(run_steps(compiled.train_step, batches(epoch)))
-        examples = sum(int(y.shape[0]) for _, y in batches(epoch))
+        sizes = [int(y.shape[0]) for _, y in batches(epoch)]
+        CountSteps.steps = 0
         start = time.perf_counter()
-        model.fit(batches(epoch), epochs=1, verbose=0, shuffle=False)
-        timings["keras_fit"].append((examples, time.perf_counter() - start))
+        model.fit(batches(epoch), epochs=1, verbose=0, shuffle=False, callbacks=[CountSteps()])
+        timings["keras_fit"].append((sum(sizes), time.perf_counter() - start))
+        if CountSteps.steps != len(sizes):
+            raise RuntimeError(f"fit ran {CountSteps.steps} steps of {len(sizes)} batches")
 
     subset = list(batches(repeats + 1).take(eager_batches + 1))
     run_steps(eager.train_step, subset[:1])  # first call builds the optimizer's slots
