@@ -239,8 +239,9 @@ class _FitState:
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_weights = [tf.Variable(np.asarray(w), trainable=False) for w in model.weights]
         self.history: History = []
-        # Variables that are not weights: the random-generator states of dropout layers. Without them a
-        # resumed run would draw other dropout masks than an uninterrupted one.
+        # Keras keeps random state (a Dropout layer's seed generator) in variables outside
+        # model.weights, which a checkpoint of the model does not save: without them a resumed
+        # run would draw other dropout masks than an uninterrupted one.
         weight_ids = {id(w) for w in model.weights}
         self.random_state = [v for v in model.variables if id(v) not in weight_ids]
         self.checkpoint = tf.train.Checkpoint(

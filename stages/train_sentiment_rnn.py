@@ -1,0 +1,332 @@
+"""Stage ``train_sentiment_rnn`` (tutorial 08): sentiment of IMDB reviews with a recurrent network.
+
+``Embedding(V, 100) -> LSTM(64) | GRU(64) -> dropout 0.3 -> Dense(128, relu) -> Dense(2)``
+on the review TFRecords (stages/tfrecords_imdb.py). Reviews have different
+lengths: a batch is padded with id 0 to its longest review
+(``input_pipelines.text_batches``; ``bucket_boundaries`` groups reviews of similar
+length to pad less), the recurrent layer runs over the padded batch, and the
+output is taken at each review's *last real step* (``sequence_length - 1``, a
+gather), so padding never changes a review's result (tested). Padding id 0 is
+not a word here, unlike in the original.
+
+Training: the shared eager loop (stages/common/training.py), Adam, early
+stopping on the **validation** accuracy with the best weights restored (the
+original stopped on the test set), resumable checkpoints. The test split is
+scored once, at the end.
+
+Defaults are sized for the embedded sample (2,250 training reviews): the
+tutorial's Adam 1e-4 with batch 512 made ~50 updates an epoch on 25,000
+reviews but would make 5 here, so lr 3e-3 with batch 64 (35 updates an epoch);
+length buckets halve the padded steps an LSTM runs on the CPU. The real-data
+recipe is in the README.
+
+Outputs:
+
+- ``models/sentiment_rnn/model.weights.h5`` (the weights) and
+  ``models/sentiment_rnn/saved_model/``: an exported SavedModel that loads with
+  plain ``tf.saved_model.load`` and carries what scoring new text needs: the
+  vocabulary (an asset, ``vocabulary``), ``max_words`` and the ``serve``
+  signature ``(token_indexes, sequence_length) -> logits, probabilities``;
+  ``python -m stages.sentiment_predict`` uses it (stages/sentiment_predict.py);
+- ``metrics/sentiment_rnn.json``: validation and test accuracy, test ROC-AUC,
+  precision / recall / F1 of the positive class, best epoch;
+- ``plots/train_sentiment_rnn/``: ``history.tsv`` (per-epoch loss and accuracy),
+  ``roc.tsv`` (the test ROC curve) and ``memory_cells.png``, tutorial 08's
+  heatmap: tanh of the LSTM's cell state for the first units over the tokens
+  of one short test review rated 1 or 10 (for a GRU, which has no separate cell, its
+  hidden state).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from stages.common.cli import StageError, run_stage
+from stages.common.params import Section, load_params
+
+log = logging.getLogger(__name__)
+
+STAGE = "train_sentiment_rnn"
+DATA_DIR = Path("data/tfrecords/imdb")
+MODEL_DIR = Path("models/sentiment_rnn")
+SAVED_MODEL = "saved_model"
+METRICS = Path("metrics/sentiment_rnn.json")
+PLOTS = Path("plots/train_sentiment_rnn")
+CHECKPOINTS = Path("checkpoints")
+POSITIVE = 1  # target of a positive review
+
+
+class TrainSentimentRnnParams(Section):
+    cell: Literal["lstm", "gru"] = "lstm"
+    embedding_dim: int = Field(100, ge=1)
+    units: int = Field(64, ge=1, description="recurrent units")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    dense_units: int = Field(128, ge=1)
+    learning_rate: float = Field(3e-3, gt=0.0, description="Adam")
+    batch_size: int = Field(64, ge=1)
+    bucket_boundaries: list[int] | None = Field(
+        [100, 200, 300, 400, 500, 600], description="review lengths at which buckets split (null: plain padded batches)")
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without a higher validation accuracy before stopping")
+    heatmap_units: int = Field(10, ge=1, description="recurrent units shown in memory_cells.png")
+    heatmap_min_tokens: int = Field(32, ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens")
+    run_eagerly: bool = False
+    checkpoint_every_s: float = Field(60.0, ge=0.0)
+
+    @field_validator("bucket_boundaries")
+    @classmethod
+    def _increasing(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(b < 1 for b in value) or value != sorted(set(value))):
+            raise ValueError("must be null or a non-empty, strictly increasing list of positive lengths")
+        return value
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def _last_step_layer():
+    import keras
+    import tensorflow as tf
+
+    class LastRealStep(keras.layers.Layer):
+        """``outputs[i, sequence_length[i] - 1]``: each review's output at its last real token."""
+
+        def call(self, outputs, sequence_length):
+            # Clip so an empty review (length 0, never written by tfrecords_imdb) cannot index -1.
+            last = tf.maximum(tf.cast(sequence_length, tf.int32) - 1, 0)
+            return tf.gather(outputs, last, axis=1, batch_dims=1)
+
+    return LastRealStep
+
+
+def build_model(vocab_size: int, p: TrainSentimentRnnParams):
+    """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits."""
+    import keras
+
+    tokens = keras.Input((None,), dtype="int64", name="token_indexes")  # (b, T), padded with 0
+    lengths = keras.Input((), dtype="int64", name="sequence_length")  # (b,), real tokens incl. <eos>
+    embedded = keras.layers.Embedding(vocab_size, p.embedding_dim, name="embedding")(tokens)  # (b, T, 100)
+    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[p.cell]
+    steps = recurrent(p.units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
+    last = _last_step_layer()(name="last_real_step")(steps, lengths)  # (b, units)
+    hidden = keras.layers.Dropout(p.dropout, name="dropout")(last)
+    hidden = keras.layers.Dense(p.dense_units, activation="relu", name="hidden")(hidden)
+    logits = keras.layers.Dense(2, name="logits")(hidden)
+    return keras.Model({"token_indexes": tokens, "sequence_length": lengths}, logits, name=f"sentiment_{p.cell}")
+
+
+def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
+    import keras
+
+    from stages.common.training import Trainer
+
+    return Trainer(
+        build_model(vocab_size, p), keras.optimizers.Adam(learning_rate=p.learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy}, run_eagerly=p.run_eagerly,
+    )
+
+
+def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
+    """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
+    from stages.common.input_pipelines import read_spec, text_batches
+    from stages.common.seeding import seed_everything
+    from stages.common.training import EarlyStopping
+
+    seed_everything(seed)
+    trainer = new_trainer(int(read_spec(data_dir)["vocab_size"]), p)
+    history = trainer.fit(
+        train=lambda epoch: text_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch,
+                                         bucket_boundaries=p.bucket_boundaries),
+        epochs=p.max_epochs,
+        validation=lambda: text_batches(data_dir, "valid", p.batch_size, bucket_boundaries=p.bucket_boundaries),
+        early_stopping=EarlyStopping(monitor="val_accuracy", mode="max", patience=p.patience),
+        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end, desc=STAGE,
+    )
+    return trainer, history
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+def score(trainer, batches) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (n,), logits (n, 2))`` of every review in ``batches``."""
+    labels, logits = [], []
+    for features, target in batches:
+        logits.append(trainer.predict_step(features).numpy())
+        labels.append(target.numpy())
+    return np.concatenate(labels), np.concatenate(logits)
+
+
+def binary_metrics(labels: np.ndarray, logits: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, ROC-AUC and the positive class's precision / recall / F1; also the ROC points (k, 3)."""
+    import keras
+    import tensorflow as tf
+
+    from stages.common.streaming_metrics import ConfusionMatrix, classification_report, roc_points
+
+    probabilities = tf.nn.softmax(logits).numpy()[:, POSITIVE]
+    confusion = ConfusionMatrix(2)
+    confusion.update_state(labels, logits)
+    report = classification_report(confusion.result().numpy())
+    auc = keras.metrics.AUC(num_thresholds=2001, curve="ROC")
+    auc.update_state(labels, probabilities)
+    fpr, tpr, thresholds = roc_points(auc)
+    metrics = {
+        "accuracy": report["accuracy"],
+        "auc": float(auc.result()),
+        "precision": report["precision"][POSITIVE],
+        "recall": report["recall"][POSITIVE],
+        "f1": report["f1"][POSITIVE],
+    }
+    return metrics, np.stack([fpr, tpr, thresholds], axis=1)
+
+
+# --- tutorial 08's memory-cell heatmap ---------------------------------------------------------------
+
+
+def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The recurrent layer's states after each token of one review: ``(hidden, memory)``, each (T, units).
+
+    ``hidden`` is the output ``h_t``; ``memory`` is an LSTM's cell state ``c_t``
+    or, for a GRU (no separate cell), ``h_t`` again. Steps the trained layer's
+    own cell, so ``hidden`` is exactly what the model reads (tested).
+    """
+    import tensorflow as tf
+
+    rnn = model.get_layer("rnn")
+    embedded = model.get_layer("embedding")(tf.constant(np.asarray(token_indexes)[None, :], tf.int64))  # (1, T, d)
+    state = [tf.zeros((1, rnn.cell.units)) for _ in range(len(tf.nest.flatten(rnn.cell.state_size)))]
+    hidden, memory = [], []
+    for t in range(embedded.shape[1]):
+        output, state = rnn.cell(embedded[:, t], state, training=False)
+        state = tf.nest.flatten(state)  # LSTM: [h, c]; GRU: [h]
+        hidden.append(output[0].numpy())
+        memory.append(state[-1][0].numpy())
+    return np.stack(hidden), np.stack(memory)
+
+
+def plot_memory_cells(states: np.ndarray, tokens: list[str], cell: str, title: str, path: Path) -> None:
+    """Heatmap of tanh(state) (units x tokens), tokens on the x axis, as in tutorial 08."""
+    from stages.common.plotting import plt, save_png
+
+    values = np.tanh(states.T)  # (units, T)
+    width = max(6.0, 0.28 * len(tokens) + 2.0)
+    figure, ax = plt.subplots(figsize=(width, 0.35 * len(values) + 2.2), layout="constrained")
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(values)), [str(i) for i in range(len(values))], fontsize=8)
+    what = "tanh(LSTM cell state c_t)" if cell == "lstm" else "tanh(GRU hidden state h_t; a GRU has no separate cell)"
+    ax.set_ylabel("unit")
+    ax.set_title(f"{what}\n{title}", fontsize=9)
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    save_png(figure, path)
+
+
+def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
+    """The review of the heatmap: the shortest test review rated 1 or 10 with at least
+    ``min_tokens`` tokens (``<eos>`` included; the first in file order among equals), short
+    enough to read on one axis, long enough to hold an opinion. Returns its ids and rating."""
+    from stages.common.input_pipelines import text_batches
+
+    best = None
+    for features, _ in text_batches(data_dir, "test", 256, metadata=True).as_numpy_iterator():
+        for ids, length, rating in zip(features["token_indexes"], features["sequence_length"], features["rating"]):
+            if rating in (1, 10) and length >= min_tokens and (best is None or length < len(best[0])):
+                best = (ids[:length], int(rating))
+    if best is None:
+        raise StageError(f"{data_dir}: no test review rated 1 or 10 with at least {min_tokens} tokens "
+                         "(lower train_sentiment_rnn.heatmap_min_tokens)")
+    return best
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+
+def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path) -> None:
+    """A SavedModel for serving: the ``serve`` signature, the vocabulary asset and ``max_words``.
+
+    Loads with plain ``tf.saved_model.load`` (no Keras, no project code);
+    stages/sentiment_predict.py reads the vocabulary and ``max_words`` from it
+    and encodes text with the functions tfrecords_imdb used.
+    """
+    import tensorflow as tf
+
+    class SentimentModel(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.vocabulary = tf.saved_model.Asset(str(vocab_file))
+            self.max_words = tf.Variable(max_words, dtype=tf.int64, trainable=False, name="max_words")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="token_indexes"),
+                                      tf.TensorSpec([None], tf.int64, name="sequence_length")])
+        def serve(self, token_indexes, sequence_length):
+            logits = self.model({"token_indexes": token_indexes, "sequence_length": sequence_length}, training=False)
+            return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    module = SentimentModel()
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+
+
+def main() -> None:
+    seed, p = load_params(STAGE, TrainSentimentRnnParams)
+
+    from stages.common.input_pipelines import read_spec, text_batches
+    from stages.common.outputs import atomic_outputs, write_json, write_tsv
+    from stages.common.text import decode, load_vocabulary
+    from stages.common.training import checkpoint_dir, clear_checkpoints
+
+    spec = read_spec(DATA_DIR)
+    vocab_file = DATA_DIR / spec["vocab_file"]
+    try:
+        vocab = load_vocabulary(vocab_file)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{vocab_file}: {exc}") from None
+    if len(vocab) != int(spec["vocab_size"]):
+        raise StageError(f"{vocab_file}: {len(vocab)} tokens, spec.json says {spec['vocab_size']}")
+
+    ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
+    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
+    valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
+    labels, logits = score(trainer, text_batches(DATA_DIR, "test", p.batch_size))
+    test, roc = binary_metrics(labels, logits)
+    best_epoch = int(np.argmax([h["val_accuracy"] for h in history])) + 1
+    metrics = {
+        "valid_accuracy": valid_accuracy,
+        **{f"test_{name}": value for name, value in test.items()},
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "cell": p.cell,
+        "vocab_size": len(vocab),
+        "test_reviews": len(labels),
+    }
+    log.info("test accuracy %.4f, AUC %.4f, F1 %.4f (valid accuracy %.4f; best epoch %d of %d)",
+             metrics["test_accuracy"], metrics["test_auc"], metrics["test_f1"], valid_accuracy, best_epoch, len(history))
+
+    ids, rating = heatmap_review(DATA_DIR, p.heatmap_min_tokens)
+    _, memory = recurrent_states(trainer.model, ids)
+    review_logits = trainer.predict([{"token_indexes": ids[None, :], "sequence_length": np.array([len(ids)])}])[0]
+    probability = float(np.exp(review_logits[POSITIVE]) / np.exp(review_logits).sum())
+    with atomic_outputs() as out:
+        write_json(out.file(METRICS), metrics)
+        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
+                  [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history])
+        write_tsv(out.file(PLOTS / "roc.tsv"), ["fpr", "tpr", "threshold"], roc)
+        plot_memory_cells(memory[:, : p.heatmap_units], decode(ids, vocab), p.cell,
+                          f"test review rated {rating}/10; model's P(positive) = {probability:.3f}",
+                          out.file(PLOTS / "memory_cells.png"))
+        model_dir = out.directory(MODEL_DIR)
+        trainer.model.save_weights(model_dir / "model.weights.h5")
+        export_saved_model(trainer.model, vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL)
+    clear_checkpoints(ckpt)
+
+
+if __name__ == "__main__":
+    run_stage(main, STAGE)
