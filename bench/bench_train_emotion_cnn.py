@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,23 +26,19 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
+from bench_tfrecords_fer2013 import stage  # noqa: E402
+
 RESULTS = ROOT / "bench/results/train_emotion_cnn.json"
 EPOCHS = 2
 
 
 def make_project(dest: Path) -> Path:
     """A project copy with the full-size FER2013 sample turned into TFRecords."""
-    import shutil
-
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["fer2013"]["source"] = "sample"
-    params["fer2013"]["sample"]["preset"] = "full"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PYTHONPATH=str(dest), TF_CPP_MIN_LOG_LEVEL="2")
-    for stage in ("download_fer2013", "tfrecords_fer2013"):
-        subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=dest, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fer2013_bench.make_project(dest)  # copy + full preset + download_fer2013
+    stage(dest, "tfrecords_fer2013")
     return dest
 
 
