@@ -51,6 +51,27 @@ def new_trainer(input_dim: int, p: SaveRestoreParams):
     )
 
 
+def export_model(model, path: Path) -> None:
+    """A SavedModel with one ``serve`` signature: features float32 (b, d) -> logits (b, 2).
+
+    A ``tf.Module`` rather than Keras' ``model.export``, whose variable order
+    follows object addresses: the same weights must give the same bytes.
+    """
+    import tensorflow as tf
+
+    from stages.common.export import save
+
+    module = tf.Module()
+    module.model = model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, model.input_shape[-1]], tf.float32, name="features")])
+    def serve(features):
+        return module.model(features, training=False)
+
+    module.serve = serve
+    save(module, path, signatures={"serving_default": serve})
+
+
 def main() -> None:
     seed, p = load_params("save_restore", SaveRestoreParams)
 
@@ -78,7 +99,7 @@ def main() -> None:
         # Save: a checkpoint of the whole training state, and a SavedModel for serving.
         checkpoint_prefix = tf.train.Checkpoint(model=original.model, optimizer=original.optimizer).write(
             str(model_dir / "checkpoint" / "ckpt"))
-        original.model.export(str(model_dir / "saved_model"), verbose=False)
+        export_model(original.model, model_dir / "saved_model")
 
         # Restore each into fresh objects.
         restored = new_trainer(data.x_train.shape[1], p)

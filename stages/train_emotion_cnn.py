@@ -266,8 +266,10 @@ def export_model(model, class_names: Sequence[str], path: Path, side: int = 48) 
     def class_names_fn():
         return tf.constant(names)
 
+    from stages.common.export import save
+
     module.serve, module.class_names = serve, class_names_fn
-    tf.saved_model.save(module, str(path), signatures={"serving_default": serve, "class_names": class_names_fn})
+    save(module, path, signatures={"serving_default": serve, "class_names": class_names_fn})
 
 
 def to_pixels(images: np.ndarray) -> np.ndarray:

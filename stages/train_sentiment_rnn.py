@@ -271,8 +271,10 @@ def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path)
             logits = self.model({"token_indexes": token_indexes, "sequence_length": sequence_length}, training=False)
             return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
+    from stages.common.export import save
+
     module = SentimentModel()
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    save(module, directory, signatures={"serving_default": module.serve})
 
 
 def main() -> None:

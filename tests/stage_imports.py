@@ -46,7 +46,13 @@ def import_closure(module: str) -> set[Path]:
         todo.extend(imported_modules(file))
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))  # parent packages run too
-    return {f for f in seen if f.name != "__init__.py" or f.stat().st_size > 0}
+    return {f for f in seen if f.name != "__init__.py" or runs_code(f)}
+
+
+def runs_code(file: Path) -> bool:
+    """Whether a module does more than carry a docstring (an ``__init__.py`` that runs code is a dep)."""
+    body = ast.parse(file.read_text(encoding="utf-8")).body
+    return any(not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)) for node in body)
 
 
 def stage_module(cmd: str) -> str:

@@ -33,8 +33,8 @@ def test_pipeline_has_the_tutorial_stages() -> None:
 def test_stage_lists_every_module_it_imports(name: str) -> None:
     stage = STAGES[name]
     declared = {Path(str(dep.fs_path)).relative_to(ROOT).as_posix() for dep in stage.deps if not hasattr(dep, "params")}
-    needed = {f for f in stage_code_files(stage.cmd) if f != "stages/__init__.py" or Path(ROOT / f).stat().st_size}
-    missing = sorted(needed - declared - {"stages/__init__.py", "stages/common/__init__.py"})
+    needed = stage_code_files(stage.cmd)
+    missing = sorted(needed - declared)
     assert not missing, f"{name}: add to deps in dvc.yaml: {missing}"
     code_deps = {d for d in declared if d.startswith("stages/")}
     unused = sorted(code_deps - needed)

@@ -1,0 +1,90 @@
+"""Same numbers on every machine: a training stage run on two imitated machines writes the same bytes.
+
+One machine is this one as it is (all its cores, every instruction set its CPU
+has). The other imitates a smaller, older one: one core (``taskset``) and no
+AVX-512 in oneDNN, NumPy, OpenBLAS or OpenCV (each library's own switch). With
+the pinned numerics (stages/common/numerics.py) the emotion CNN, trained for a
+few epochs on a slice of the sample, must come out byte-identical: metrics,
+plots, weights and the exported SavedModel. In the ``fast`` mode the same two
+machines must differ, which shows the imitation is real and the test can fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_project, project_files, run
+
+STAGE = "train_emotion_cnn"
+OUTPUTS = ("metrics/emotion_cnn.json", "models/emotion_cnn", "plots/train_emotion_cnn")
+# The imitated smaller machine: what each library would see on an AVX2-only CPU.
+OLDER_CPU = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENCV_CPU_DISABLE": "AVX512-SKX",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
+SLICE = {"training": 384, "public_test": 64, "private_test": 64}
+SHORT = {"max_epochs": 3, "patience": 3, "ig_steps": 4}
+
+
+def digests(project: Path) -> dict[str, str]:
+    found = {}
+    for name in OUTPUTS:
+        path = project / name
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            found[file.relative_to(project).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project with TFRecords of a small slice of the FER2013 sample and short training params."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    root = copy_project(tmp_path_factory.mktemp("numerics") / "project", files)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["fer2013"]["sample"] |= SLICE
+    params[STAGE] |= SHORT
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("download_fer2013", "tfrecords_fer2013"):
+        run(["python", "-m", f"stages.{stage}"], root)
+    return root
+
+
+def train_on(project: Path, dest: Path, mode: str, older: bool) -> dict[str, str]:
+    """Run the stage in a copy of ``project`` as one imitated machine; the digests of its outputs."""
+    shutil.copytree(project, dest)
+    prefix = ["taskset", "-c", "0"] if older else []
+    run([*prefix, "python", "-m", f"stages.{STAGE}"], dest,
+        env={"EAGER_PIPELINE_NUMERICS": mode, **(OLDER_CPU if older else {})})
+    return digests(dest)
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux) to imitate a 1-core machine")
+def test_two_imitated_machines_give_identical_bytes_and_fast_mode_does_not(faces: Path, tmp_path: Path) -> None:
+    this = train_on(faces, tmp_path / "this", "reproducible", older=False)
+    older = train_on(faces, tmp_path / "older", "reproducible", older=True)
+    assert any(name.startswith("models/emotion_cnn/saved_model/") for name in this)
+    differing = sorted(name for name in this.keys() | older.keys() if this.get(name) != older.get(name))
+    assert differing == [], f"pinned numerics differ between the imitated machines: {differing}"
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("the control needs 2 cores: a 1-core machine cannot imitate another core count")
+    fast_this = train_on(faces, tmp_path / "fast_this", "fast", older=False)
+    fast_older = train_on(faces, tmp_path / "fast_older", "fast", older=True)
+    assert fast_this["models/emotion_cnn/model.weights.h5"] != fast_older["models/emotion_cnn/model.weights.h5"]
+
+
+def test_an_unknown_numerics_mode_is_one_line(workdir: Path) -> None:
+    result = run(["python", "-m", "stages.toy_data"], workdir, check=False, env={"EAGER_PIPELINE_NUMERICS": "quick"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: EAGER_PIPELINE_NUMERICS='quick': must be one of reproducible, fast"]
+    assert not (workdir / "data").exists()
