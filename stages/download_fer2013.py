@@ -25,13 +25,14 @@ import gzip
 import importlib.util
 import io
 import logging
+import lzma
 import os
 import sys
 import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Literal
@@ -59,7 +60,7 @@ from stages.common.fer2013_csv import (
     read_rows,
 )
 from stages.common.outputs import atomic_outputs, keep_folder, write_json
-from stages.common.params import Section, load_params
+from stages.common.params import Section, UserPath, load_params
 
 log = logging.getLogger(__name__)
 OUT_DIR = Path("data/raw/fer2013")
@@ -73,7 +74,8 @@ CSV_MEMBERS = ("fer2013.csv", "icml_face_data.csv")
 TAR_MEMBER = "fer2013.tar.gz"
 EXAMPLES_KEPT = 10  # bad rows quoted in the report
 # What a damaged or truncated archive raises while it is being read.
-_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile,
+            lzma.LZMAError)
 
 
 class SampleSize(Section):
@@ -90,7 +92,7 @@ class SampleSize(Section):
 
 class Fer2013Params(Section):
     source: Literal["sample", "path", "kaggle", "url"] = "sample"
-    path: str | None = None
+    path: UserPath | None = None
     url: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
     size: int | None = Field(None, gt=0, description="bytes expected from url")
@@ -158,46 +160,82 @@ def fetch_kaggle() -> Path:
 # --- reading the CSV out of whichever form the file has ----------------------
 
 
+# Leading bytes of the archive forms: a damaged archive must be reported as one, not read as a CSV.
+_MAGIC = ((b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
+          (b"\xfd7zXZ\x00", "xz"))
+
+
+def archive_kind(path: Path) -> str | None:
+    """``zip``, ``gzip``, ``bzip2``, ``xz`` or ``tar`` from the first bytes of ``path``; None for anything else."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "tar" if head[257:262] == b"ustar" else None
+
+
 @contextmanager
-def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str]]:
-    """The FER2013 CSV inside ``path`` (plain CSV, tar(.gz) or zip) as a binary stream and its display name."""
+def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str, Callable[[], None]]]:
+    """The FER2013 CSV inside ``path`` (plain CSV, tar(.gz) or zip) as a binary stream, its display name,
+    and ``finish()``, which reads the rest of the member and of the archive to their end.
+
+    ``finish`` is what checks an archive: a gzip stream checks its CRC and length
+    only at its very end, a zip member its CRC at the end of the member; reading
+    just the CSV would accept a flipped bit or a missing tail.
+    """
+    kind = archive_kind(path)
+    drain: list[BinaryIO] = []  # innermost first: the member, then the streams around it
     with ExitStack() as stack:
-        if zipfile.is_zipfile(path):
-            yield _csv_in_zip(stack, stack.enter_context(zipfile.ZipFile(path)), name)
-        elif tarfile.is_tarfile(path):
-            yield _csv_in_tar(stack, stack.enter_context(tarfile.open(path, "r:*")), name)
+        if kind == "zip" or zipfile.is_zipfile(path):
+            stream, member = _csv_in_zip(stack, stack.enter_context(zipfile.ZipFile(path)), name, drain)
+        elif kind is not None or tarfile.is_tarfile(path):
+            stream, member = _csv_in_tar(stack, stack.enter_context(tarfile.open(path, "r:*")), name, drain)
         else:
-            yield stack.enter_context(path.open("rb")), name
+            stream, member = stack.enter_context(path.open("rb")), name
+
+        def finish() -> None:
+            for f in drain:
+                while f.read(1 << 20):
+                    pass
+
+        yield stream, member, finish
 
 
-def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str) -> tuple[BinaryIO, str]:
+def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str, drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
     files = [info for info in zf.infolist() if not info.is_dir()]
     by_name = {PurePosixPath(info.filename).name: info for info in files}
     for wanted in CSV_MEMBERS:
         if wanted in by_name:
-            return _member(stack, zf, by_name[wanted], name)
+            return _member(stack, zf, by_name[wanted], name, drain)
     if TAR_MEMBER in by_name:  # the competition zip also carries the original tarball
         info = by_name[TAR_MEMBER]
         check_member_name(Path(name), info.filename)
-        tar = stack.enter_context(tarfile.open(fileobj=stack.enter_context(zf.open(info)), mode="r:*"))
-        return _csv_in_tar(stack, tar, f"{name}:{info.filename}")
+        outer = stack.enter_context(zf.open(info))
+        tar = stack.enter_context(tarfile.open(fileobj=outer, mode="r:*"))
+        stream, member = _csv_in_tar(stack, tar, f"{name}:{info.filename}", drain)
+        drain.append(outer)  # after the tarball's own end: then the zip member's CRC
+        return stream, member
     for info in files:  # last resort: any CSV with the three columns, whatever its name
         if info.filename.lower().endswith(".csv"):
             with zf.open(info) as f:
                 header = f.readline().decode("utf-8", "replace").split(",")
             if find_columns(header):
-                return _member(stack, zf, info, name)
+                return _member(stack, zf, info, name, drain)
     listing = ", ".join(info.filename for info in files[:10])
     raise StageError(f"{name}: no FER2013 CSV inside (looked for {', '.join(CSV_MEMBERS)}, {TAR_MEMBER} or a CSV "
                      f"with columns {','.join(COLUMNS)}; found: {listing})")
 
 
-def _member(stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> tuple[BinaryIO, str]:
+def _member(stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
+            drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
     check_member_name(Path(name), info.filename)
-    return stack.enter_context(zf.open(info)), f"{name}:{info.filename}"
+    stream = stack.enter_context(zf.open(info))
+    drain.append(stream)
+    return stream, f"{name}:{info.filename}"
 
 
-def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str) -> tuple[BinaryIO, str]:
+def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str, drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
     # Members are read in order up to the CSV, whose data follows its header, so
     # nothing is decompressed twice. (Not the streaming "r|" mode: io.TextIOWrapper
     # needs a member file that answers seekable(), which streaming mode's does not.)
@@ -206,7 +244,9 @@ def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str) -> tuple[Bina
             check_member_name(Path(name), member.name)
             if not member.isfile():
                 raise StageError(f"{name}: refusing member {member.name!r}: not a regular file")
-            return stack.enter_context(tar.extractfile(member)), f"{name}:{member.name}"
+            stream = stack.enter_context(tar.extractfile(member))
+            drain += [stream, tar.fileobj]  # the CSV, then the archive to its end (gzip CRC and length)
+            return stream, f"{name}:{member.name}"
     raise StageError(f"{name}: no {' or '.join(CSV_MEMBERS)} inside the tar archive")
 
 
@@ -224,26 +264,33 @@ def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int 
     examples: list[str] = []
     pixel_sum = pixel_squares = 0  # Python ints: exact, so the report is byte-stable
     try:
-        with open_csv(path, name) as (stream, member_name), out_csv.open("wb") as out, tqdm(
+        with open_csv(path, name) as (stream, member_name, finish), out_csv.open("wb") as out, tqdm(
             total=total, desc=CSV_NAME, unit=" rows", file=sys.stderr, disable=None, leave=False
         ) as bar:
             text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
             out.write(HEADER.encode())
-            for chunk, bad in read_rows(text, member_name):
-                if bad and on_bad_row == "fail":
-                    raise StageError(f"{_describe(member_name, bad[0])} (fer2013.on_bad_row: skip drops such rows)")
-                for row in bad:
-                    found[row.reason] += 1
-                    if len(examples) < EXAMPLES_KEPT:
-                        examples.append(_describe(member_name, row))
-                out.write(format_rows(chunk.emotions, chunk.pixels, chunk.usages))
-                np.add.at(counts, (chunk.usages, chunk.emotions), 1)
-                pixels = chunk.pixels.astype(np.int64)
-                pixel_sum += int(pixels.sum())
-                pixel_squares += int((pixels * pixels).sum())
-                bar.update(len(chunk.emotions) + len(bad))
+            try:
+                for chunk, bad in read_rows(text, member_name):
+                    if bad and on_bad_row == "fail":
+                        raise StageError(f"{_describe(member_name, bad[0])} (fer2013.on_bad_row: skip drops such rows)")
+                    for row in bad:
+                        found[row.reason] += 1
+                        if len(examples) < EXAMPLES_KEPT:
+                            examples.append(_describe(member_name, row))
+                    out.write(format_rows(chunk.emotions, chunk.pixels, chunk.usages))
+                    np.add.at(counts, (chunk.usages, chunk.emotions), 1)
+                    pixels = chunk.pixels.astype(np.int64)
+                    pixel_sum += int(pixels.sum())
+                    pixel_squares += int((pixels * pixels).sum())
+                    bar.update(len(chunk.emotions) + len(bad))
+            except StageError:
+                finish()  # a damaged archive often shows first as a bad row: blame the archive if it is damaged
+                raise
+            finish()
     except _CORRUPT as exc:
         raise StageError(f"{name}: truncated or corrupt archive ({' '.join(str(exc).split())})") from None
+    except OSError as exc:  # e.g. an unreadable file
+        raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
     rows = int(counts.sum())
     if rows == 0:
         raise StageError(f"{name}: no valid rows")
@@ -283,7 +330,10 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
         fer2013_sample.write_sample(scratch / CSV_NAME, rows, seed)
         return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/fer2013_sample.py, seed {seed}"
     if p.source == "path":
-        path = Path(p.path).expanduser()
+        path = Path(p.path)
+        if path.is_dir():
+            raise StageError(f"params.yaml: fer2013.path: {p.path}: is a folder; give the file in it "
+                             f"(fer2013.csv, fer2013.tar.gz, the competition zip or icml_face_data.csv)")
         if not path.is_file():
             raise StageError(f"params.yaml: fer2013.path: {p.path}: file not found")
         return path, p.path, p.path
@@ -298,9 +348,16 @@ def main() -> None:
     seed, p = load_params("fer2013", Fer2013Params)
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     # The generated sample is scratch: the normalized CSV written from it is the output.
-    with tempfile.TemporaryDirectory(prefix=".fer2013-sample.", dir=OUT_DIR.parent) as scratch:
+    try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix=".fer2013-sample.", dir=OUT_DIR.parent)
+    except OSError as exc:
+        raise StageError(f"{OUT_DIR.parent}: cannot write here: {exc.strerror or exc}") from None
+    with scratch_dir as scratch:
         source, name, origin = source_file(p, seed, Path(scratch))
-        digest = sha256_file(source)
+        try:
+            digest = sha256_file(source)
+        except OSError as exc:
+            raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
         if p.source == "path" and p.sha256 and digest != p.sha256.lower():
             raise StageError(f"{p.path}: sha256 mismatch: expected {p.sha256.lower()}, got {digest}")
         total = sum(p.sample.rows().values()) if p.source == "sample" else None

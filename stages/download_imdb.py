@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from urllib.parse import urlparse
 from pydantic import Field, model_validator
 
 from stages.common.cli import StageError, run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import Section, UserPath, load_params
 from stages.common.text import strip_tags
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class ImdbParams(Section):
     url: str = OFFICIAL_URL
     sha256: str | None = Field(OFFICIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$")
     size: int | None = Field(OFFICIAL_SIZE, ge=1, description="bytes; null if unknown")
-    path: str | None = Field(None, description="aclImdb_v1.tar.gz or an extracted aclImdb/ folder")
+    path: UserPath | None = Field(None, description="aclImdb_v1.tar.gz or an extracted aclImdb/ folder")
     include_unsup: bool = False
     on_bad_file: Literal["fail", "skip"] = "fail"
     sample: SampleParams = SampleParams()
@@ -154,16 +155,38 @@ def find_root(path: Path) -> Path:
     raise StageError(f"{path}: no aclImdb tree here (expected train/ and test/ in it or in aclImdb/)")
 
 
-def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file: str) -> Report:
-    """Copy the reviews of ``src`` (an aclImdb folder) to ``dst`` as UTF-8, checking each file."""
+def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file: str,
+              archive: Path | None = None) -> Report:
+    """Copy the reviews of ``src`` (an aclImdb folder) to ``dst`` as UTF-8, checking each file.
+
+    ``archive``: the tarball ``src`` was extracted from (into a scratch folder),
+    so that messages name the tarball and its member, not the scratch copy.
+    """
     from tqdm import tqdm
+
+    def where(path: Path) -> str:
+        if archive is None:
+            return str(path)
+        return f"{archive}: member aclImdb/{path.relative_to(src).as_posix()}"
+
+    inside = src.resolve()
+
+    def check_link(path: Path) -> None:
+        # A link leading out of the folder would copy a file the user never meant to give.
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise StageError(f"{path}: refusing symbolic link to {os.readlink(path)}: it leads outside {src}")
 
     files = []
     for split, label in folders:
         folder = src / split / label
+        for part in (src / split, folder):
+            check_link(part)
         if not folder.is_dir():
-            raise StageError(f"{folder}: missing folder (aclImdb/{split}/{label}/)")
-        files += [(split, label, p) for p in sorted(folder.iterdir())]  # sorted: the same bytes every run
+            raise StageError(f"{where(folder)}: missing folder (aclImdb/{split}/{label}/)")
+        try:
+            files += [(split, label, p) for p in sorted(folder.iterdir())]  # sorted: the same bytes every run
+        except OSError as exc:
+            raise StageError(f"{where(folder)}: cannot read it: {exc.strerror or exc}") from None
 
     report = Report()
     for split, label in folders:
@@ -173,15 +196,20 @@ def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file:
     for split, label, path in tqdm(files, desc="checking reviews", unit=" files", file=sys.stderr,
                                    disable=None, leave=False):
         relative = f"{split}/{label}/{path.name}"
+        check_link(path)
         problem = ("bad_file_names", "not a regular file") if not path.is_file() else name_problem(path.name, label)
         if problem is not None:
             key, message = problem
             if on_bad_file == "fail":
-                raise StageError(f"{path}: {message} (imdb.on_bad_file: skip to skip such files)")
+                raise StageError(f"{where(path)}: {message} (imdb.on_bad_file: skip to skip such files)")
             report.note(key, relative)
             report.note("skipped_files", relative)
             continue
-        text, replaced = decode_utf8(path.read_bytes())
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StageError(f"{where(path)}: cannot read it: {exc.strerror or exc}") from None
+        text, replaced = decode_utf8(data)
         if replaced:
             report.note("invalid_utf8_files", relative)
             report.problems["invalid_utf8_bytes"] += replaced
@@ -195,7 +223,7 @@ def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file:
         report.digest.update(f"{relative}\0{hashlib.sha256(data).hexdigest()}\n".encode())
     for split, label in folders:
         if report.reviews[split][label] == 0:
-            raise StageError(f"{src / split / label}: no reviews")
+            raise StageError(f"{where(src / split / label)}: no reviews")
     return report
 
 
@@ -239,9 +267,10 @@ def download_name(url: str) -> str:
     return name if re.fullmatch(r"[\w.+-]+", name or "") else "imdb.tar.gz"
 
 
-def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: Path) -> tuple[Path, str | None]:
+def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]],
+            scratch: Path) -> tuple[Path, str | None, Path | None]:
     """The aclImdb folder to normalize (generated or extracted into ``scratch``, or the
-    user's), and the sha256 of the archive it came from (None for sample and folder)."""
+    user's), the sha256 of the archive it came from and that archive (None for sample and folder)."""
     from stages.common.archives import extract_archive
     from stages.common.download import download, sha256_file
 
@@ -252,7 +281,7 @@ def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: P
         unsup = 4 * per_class if p.include_unsup else 0  # the real ratio: 50,000 to 4 x 12,500
         log.info("generating the sample: %d reviews per class and split (seed %d)", per_class, seed)
         generate(scratch, seed, per_class, unsup=unsup, label_noise=p.sample.label_noise)
-        return scratch / "aclImdb", None
+        return scratch / "aclImdb", None, None
     if p.source == "url":
         archive = download(
             p.url, DOWNLOADS / download_name(p.url), p.sha256, p.size,
@@ -263,11 +292,11 @@ def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: P
         if not archive.exists():
             raise StageError(f"{archive}: not found (imdb.path)")
         if archive.is_dir():
-            return find_root(archive), None
+            return find_root(archive), None, None
     log.info("extracting %s", archive)
     if extract_archive(archive, scratch, archive_filter(folders)) == 0:
         raise StageError(f"{archive}: no reviews in aclImdb/{{train,test}}/{{pos,neg}}/")
-    return find_root(scratch), sha256_file(archive)
+    return find_root(scratch), sha256_file(archive), archive
 
 
 def main() -> None:
@@ -279,10 +308,14 @@ def main() -> None:
     RAW_DIR.parent.mkdir(parents=True, exist_ok=True)
     # Scratch space for the generated or extracted tree: beside the outputs (same
     # file system) and removed whatever happens.
-    with tempfile.TemporaryDirectory(prefix=".imdb-input.", dir=RAW_DIR.parent) as scratch:
-        src, source_sha256 = acquire(p, seed, folders, Path(scratch))
+    try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix=".imdb-input.", dir=RAW_DIR.parent)
+    except OSError as exc:
+        raise StageError(f"{RAW_DIR.parent}: cannot write here: {exc.strerror or exc}") from None
+    with scratch_dir as scratch:
+        src, source_sha256, archive = acquire(p, seed, folders, Path(scratch))
         with atomic_outputs() as out:
-            report = normalize(src, out.directory(RAW_DIR) / "aclImdb", folders, p.on_bad_file)
+            report = normalize(src, out.directory(RAW_DIR) / "aclImdb", folders, p.on_bad_file, archive)
             write_json(out.file(REPORT), report_json(report, p, source_sha256))
     keep_folder(DOWNLOADS, "Downloaded IMDB archives (source: url) are kept here, checked by sha256.\n")
     for split, counts in report.reviews.items():

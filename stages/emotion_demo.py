@@ -45,6 +45,7 @@ log = logging.getLogger("stages.emotion_demo")
 DEFAULT_MODEL = Path("models/emotion_cnn/saved_model")
 CASCADE = "haarcascade_frontalface_default.xml"
 SIDE = 48
+DETECT_MAX_SIDE = 1280  # larger frames are shrunk for the cascade: its time grows with the pixels (8000² took 93 s)
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 WINDOW = "emotion_demo (q quits)"
 BOX = (0, 200, 0)  # BGR
@@ -86,7 +87,23 @@ def face_detector() -> cv2.CascadeClassifier:
 
 
 def detect_faces(detector: cv2.CascadeClassifier, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h), left to right."""
+    """Face boxes (x, y, w, h) in ``gray``'s full-resolution coordinates, left to right.
+
+    A frame larger than ``DETECT_MAX_SIDE`` is searched at a reduced size and
+    the boxes scaled back; frames up to that size are searched as they are.
+    """
+    scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape[:2]))
+    if scale < 1.0:
+        small = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+        min_side = max(24, round(SIDE * scale))  # the cascade's own window is 24×24
+        boxes = detector.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+        height, width = gray.shape[:2]
+        full = []
+        for x, y, w, h in boxes:
+            x0, y0 = int(round(x / scale)), int(round(y / scale))
+            full.append((x0, y0, min(int(round(w / scale)), width - x0), min(int(round(h / scale)), height - y0)))
+        return sorted(full)
     boxes = detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(SIDE, SIDE))
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h in boxes)
 
@@ -318,4 +335,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(lambda: main(sys.argv[1:]), "emotion_demo")
+    run_stage(lambda: main(sys.argv[1:]), "emotion_demo", lock=False)  # writes no stage outputs

@@ -48,7 +48,7 @@ from pydantic import Field, model_validator
 from stages import series_sample
 from stages.common.cli import StageError, run_stage
 from stages.common.outputs import atomic_outputs, write_csv, write_json
-from stages.common.params import Section, load_params
+from stages.common.params import Section, UserPath, load_params
 
 log = logging.getLogger(__name__)
 OUT_DIR = Path("data/raw/series")
@@ -83,8 +83,10 @@ class Synthetic(Section):
 
 class SeriesParams(Section):
     source: Literal["synthetic", "path"] = "synthetic"
-    path: str | None = Field(None, description="a real ENTSO-E export (source: path)")
+    path: UserPath | None = Field(None, description="a real ENTSO-E export (source: path)")
     on_bad_row: Literal["fail", "skip"] = "fail"
+    max_gap_hours: int = Field(72, ge=1, description="longest run of hours without a load value that may be "
+                               "interpolated later; a longer one stops the stage")
     synthetic: Synthetic = Synthetic()
 
     @model_validator(mode="after")
@@ -267,6 +269,31 @@ def hourly_grid(parsed: Parsed) -> tuple[pd.DataFrame, dict]:
     return frame.reindex(grid), found
 
 
+def longest_gap(grid: pd.DataFrame) -> tuple[int, pd.Timestamp | None, pd.Timestamp | None]:
+    """The longest run of hours without a load value (absent from the file or blank): ``(hours, first, last)``."""
+    missing = grid["load_mw"].isna().to_numpy()
+    if not missing.any():
+        return 0, None, None
+    edges = np.diff(np.concatenate([[0], missing.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    i = int(np.argmax(stops - starts))
+    return int(stops[i] - starts[i]), grid.index[starts[i]], grid.index[stops[i] - 1]
+
+
+def check_gaps(grid: pd.DataFrame, name: str, max_gap_hours: int) -> int:
+    """The longest gap in hours; StageError when it is longer than ``max_gap_hours``.
+
+    tfrecords_series fills gaps by linear interpolation: fine for a few hours,
+    a fabricated series for a long outage (a missing year would become a straight line).
+    """
+    hours, first, last = longest_gap(grid)
+    if hours > max_gap_hours:
+        raise StageError(f"{name}: no load values for {hours} hours, from {_iso(first)} to {_iso(last)} "
+                         f"(longer than series.max_gap_hours: {max_gap_hours}; they would be interpolated). "
+                         f"Use a file without the gap, or raise series.max_gap_hours")
+    return hours
+
+
 def _iso(t: pd.Timestamp | dt.datetime) -> str:
     return f"{t:%Y-%m-%dT%H:%M:%S}Z"
 
@@ -313,6 +340,7 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
         "dst_gap_values_dropped": parsed.dst_gap_values_dropped,
         "dst_repeated_hours": parsed.dst_repeated_hours,
         **found,
+        "longest_gap_hours": longest_gap(grid)[0],  # without a load value: absent or blank
         "load_mw": _stats(load),
         "forecast_mw": _stats(forecast),
         "day_ahead_forecast_mae_mw": float((load[both] - forecast[both]).abs().mean()) if both.any() else None,
@@ -339,6 +367,7 @@ def main() -> None:
 
     parsed = parse_entsoe(text, name, p.on_bad_row)
     grid, found = hourly_grid(parsed)
+    check_gaps(grid, name, p.max_gap_hours)
     data_report = report(p.source, name, data, parsed, grid, found)
     with atomic_outputs() as out:
         folder = out.directory(OUT_DIR)

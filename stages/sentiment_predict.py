@@ -125,4 +125,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "sentiment_predict")
+    run_stage(main, "sentiment_predict", lock=False)  # reads only: any number may run

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -131,3 +132,15 @@ def test_demo_errors_are_one_line(emotion_cnn_project: Path, tmp_path: Path, cas
     assert lines[-1].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr and "[ WARN" not in result.stderr  # OpenCV's own warnings
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+
+
+def test_a_huge_image_is_searched_shrunk_and_boxes_map_back_to_full_resolution() -> None:
+    face = draw_faces(np.array([3], np.uint8), np.random.default_rng(11))[0]
+    gray = np.full((8000, 8000), 90, np.uint8)
+    gray[2000:4400, 3000:5400] = cv2.resize(face, (2400, 2400), interpolation=cv2.INTER_CUBIC)
+    start = time.monotonic()
+    boxes = detect_faces(face_detector(), gray)
+    assert time.monotonic() - start < 10  # 93 s searched at full size
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    assert 3000 - 200 <= x and x + w <= 5400 + 200 and 2000 - 200 <= y and y + h <= 4400 + 200 and w >= 1200

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stages.common.cli import StageError
 from stages.common.outputs import atomic_outputs, dumps_json, write_tsv
 
 
@@ -57,3 +58,17 @@ def test_tsv_rejects_ragged_rows(tmp_path: Path) -> None:
     assert (tmp_path / "ok.tsv").read_text() == "a\tb\n1\t2.5\n"
     with pytest.raises(ValueError, match="row has 1 cells"):
         write_tsv(tmp_path / "bad.tsv", ["a", "b"], [(1,)])
+
+
+def test_a_failed_commit_puts_every_previous_output_back(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights").write_text("old weights")
+    with pytest.raises(StageError, match="b.json: cannot replace it"):
+        with atomic_outputs() as out:
+            out.file(tmp_path / "a.json").write_text("new a")
+            (out.directory(tmp_path / "model") / "weights").write_text("new weights")
+            out.file(tmp_path / "b.json").unlink()  # the last output fails after the first two are in place
+    assert (tmp_path / "a.json").read_text() == "old a"
+    assert (tmp_path / "model" / "weights").read_text() == "old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]

@@ -116,6 +116,8 @@ def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
 
 def test_checkpoint_dir_is_keyed_to_params_and_cleans_stale_runs(tmp_path: Path) -> None:
     first = checkpoint_dir(tmp_path, "stage", {"epochs": 5}, seed=1)
+    assert not first.exists()  # created by the first save: a run failing before it leaves nothing
+    first.mkdir(parents=True)
     (first / "ckpt").write_text("x")
     assert checkpoint_dir(tmp_path, "stage", {"epochs": 5}, seed=1) == first
     assert (first / "ckpt").exists()

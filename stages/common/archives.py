@@ -37,6 +37,10 @@ def extract_archive(archive: Path, target: Path, keep: Keep | None = None) -> in
     archive = Path(archive)
     if not archive.is_file():
         raise StageError(f"{archive}: file not found")
+    try:
+        archive.open("rb").close()
+    except OSError as exc:
+        raise StageError(f"{archive}: cannot read it: {exc.strerror or exc}") from None
     if zipfile.is_zipfile(archive):
         return extract_zip(archive, target, keep)
     return extract_tar(archive, target, keep)

@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from stages.common.cli import StageError
-from stages.common.tfrecords import compression_of, read_spec, shard_paths, verify_shards
+from stages.common.tfrecords import compression_of, read_spec, shard_bounds, shard_paths, verify_shards
 
 AUTOTUNE = tf.data.AUTOTUNE
 PAD_ID = 0  # token id 0 is reserved for padding by tfrecords_imdb
@@ -82,11 +82,36 @@ def _version(path: Path) -> tuple[str, int, int]:
 
 
 def dataset_files(data_dir: Path, split: str) -> list[Path]:
-    """The shards of ``split``, each checked record by record (once per file version)."""
+    """The shards of ``split``, each checked record by record (once per file version), and
+    their record counts checked against ``spec.json``.
+
+    The count comes free with the framing check that reads every record anyway,
+    so a shard cut exactly at a record boundary (valid framing, fewer records)
+    is caught before training, at no extra pass over the data.
+    """
     files = shard_paths(Path(data_dir), split)
-    for path in files:
-        _verified(*_version(path))
+    counts = [_verified(*_version(path)) for path in files]
+    _check_counts(Path(data_dir), split, files, counts)
     return files
+
+
+def _check_counts(data_dir: Path, split: str, files: Sequence[Path], counts: Sequence[int]) -> None:
+    """StageError naming the shard whose record count disagrees with the split's count in spec.json."""
+    entry = read_spec(data_dir).get("splits", {}).get(split)
+    if not isinstance(entry, dict):
+        raise StageError(f"{data_dir / 'spec.json'}: no split {split!r} (the shards and the spec disagree)")
+    expected = entry.get("examples", entry.get("records"))  # the series/fer2013 and imdb specs' names
+    listed = entry.get("files", entry.get("shards"))
+    if listed is not None and sorted(listed) != sorted(f.name for f in files):
+        raise StageError(f"{data_dir}: the {split} shards {[f.name for f in files]} are not those spec.json lists "
+                         f"{listed} (re-run the stage that writes them)")
+    if not isinstance(expected, int):
+        return
+    # write_split gives shard i the contiguous chunk shard_bounds says: each shard's own count is known.
+    for path, count, (start, stop) in zip(files, counts, shard_bounds(expected, len(files))):
+        if count != stop - start:
+            raise StageError(f"{path}: {count} records, but spec.json's {expected} {split} records give it "
+                             f"{stop - start} (truncated or replaced shard; re-run the stage that writes it)")
 
 
 def count_records(files: Sequence[Path]) -> int:
@@ -96,12 +121,25 @@ def count_records(files: Sequence[Path]) -> int:
 
 @contextmanager
 def naming_damaged_file(files: Sequence[Path]) -> Iterator[None]:
-    """Turn TensorFlow's DataLossError (which names no file) into a StageError naming the damaged shard."""
+    """Turn TensorFlow's DataLossError (which names no file) into a StageError naming the damaged shard,
+    and a parse error (records that do not fit spec.json's features and shapes) into one naming the spec."""
     try:
         yield
     except tf.errors.DataLossError as exc:
         verify_shards(files)  # raises the StageError naming the file and record
-        raise StageError(f"{Path(files[0]).parent}: damaged TFRecord data: {exc.message.strip()}") from None
+        raise StageError(f"{Path(files[0]).parent}: damaged TFRecord data: {_first_line(exc)}") from None
+    except tf.errors.InvalidArgumentError as exc:
+        raise _spec_mismatch(files, exc) from None
+
+
+def _first_line(exc: tf.errors.OpError) -> str:
+    return (exc.message.strip().splitlines() or [""])[0][:300]
+
+
+def _spec_mismatch(files: Sequence[Path], exc: tf.errors.OpError) -> StageError:
+    folder = Path(files[0]).parent
+    return StageError(f"{folder / 'spec.json'} does not fit the records of {Path(files[0]).name} ...: "
+                      f"{_first_line(exc)} (re-run the stage that writes {folder})")
 
 
 # --- records, order ----------------------------------------------------------------------

@@ -12,12 +12,15 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from stages.common.cli import StageError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,30 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _temp_names(final: Path) -> re.Pattern[str]:
+    """Names of this module's temporaries for ``final``: ``.<name>.<8 random chars>.tmp`` / ``.old``."""
+    return re.compile(rf"\.{re.escape(final.name)}\.[a-z0-9_]{{8}}\.(?:tmp|old)")
+
+
+def _undeletable(path: Path) -> Path | None:
+    """A folder in the tree ``path`` whose entries cannot be removed (not writable), or None.
+
+    Checked before anything is replaced: once an old tree is half deleted it
+    cannot be put back.
+    """
+    if not path.is_dir() or path.is_symlink():
+        return None
+    for folder, dirs, _ in os.walk(path):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return Path(folder)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+    return None
+
+
 class Outputs:
     """Temporary paths handed out by :func:`atomic_outputs`, renamed on success."""
 
@@ -40,8 +67,11 @@ class Outputs:
     def file(self, final: str | os.PathLike[str]) -> Path:
         """A temporary path to write the file ``final`` into."""
         final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        except OSError as exc:
+            raise StageError(f"{final}: cannot write it: {exc.strerror or exc}") from None
         os.close(fd)
         self._pending.append((Path(tmp), final))
         return Path(tmp)
@@ -49,27 +79,96 @@ class Outputs:
     def directory(self, final: str | os.PathLike[str]) -> Path:
         """A temporary, empty directory that replaces the directory ``final``."""
         final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        except OSError as exc:
+            raise StageError(f"{final}: cannot write it: {exc.strerror or exc}") from None
         self._pending.append((tmp, final))
         return tmp
 
     def _commit(self) -> None:
+        """Move every old output aside, the new ones in, then drop the old ones.
+
+        Renames only until every new output is in place, so any failure puts
+        every old output back where it was (all or nothing).
+        """
         for tmp, final in self._pending:
-            if tmp.is_file():
-                os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-            elif tmp.is_dir():
-                os.chmod(tmp, 0o755)
-            if final.is_dir() and not final.is_symlink():
-                shutil.rmtree(final)  # os.replace cannot replace a non-empty dir
-            os.replace(tmp, final)
+            blocked = _undeletable(final)
+            if blocked is not None:
+                self._abort()
+                raise StageError(f"{final}: cannot replace it: {blocked} is not writable; "
+                                 f"previous outputs left as they were")
+        asides: list[Path | None] = []  # per pending output: a folder holding the old one, if any
+        moved_in = 0
+        try:
+            for tmp, final in self._pending:
+                os.chmod(tmp, 0o644 if tmp.is_file() else 0o755)  # mkstemp creates 0600 files
+                aside = None
+                if _exists(final):
+                    aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+                    asides.append(aside)
+                    os.rename(final, aside / final.name)
+                else:
+                    asides.append(None)
+                os.rename(tmp, final)
+                moved_in += 1
+        except BaseException as exc:
+            failed = final
+            for i in reversed(range(len(asides))):
+                (tmp, final), aside = self._pending[i], asides[i]
+                try:
+                    if i < moved_in:
+                        os.rename(final, tmp)
+                    if aside is not None:
+                        if (aside / final.name).exists() or (aside / final.name).is_symlink():
+                            os.rename(aside / final.name, final)
+                        aside.rmdir()
+                except OSError as undo:  # only if the file system changed under us
+                    log.error("could not put %s back: %s", final, undo)
+            self._abort()
+            if isinstance(exc, OSError):
+                raise StageError(f"{failed}: cannot replace it: {exc.strerror or exc}; "
+                                 f"previous outputs left as they were") from None
+            raise
+        for (_, final), aside in zip(self._pending, asides):
+            if aside is not None:
+                try:
+                    _remove(aside)
+                except OSError as gone:  # checked writable above: only if that changed meanwhile
+                    log.warning("%s replaced, but its old copy %s could not be removed: %s", final, aside, gone)
             log.debug("wrote %s", final)
+        finals = [final for _, final in self._pending]
         self._pending.clear()
+        for final in finals:
+            _remove_stale(final)
 
     def _abort(self) -> None:
         for tmp, _ in self._pending:
-            _remove(tmp)
+            try:
+                _remove(tmp)
+            except OSError as exc:
+                log.error("could not remove %s: %s", tmp, exc)
         self._pending.clear()
+
+
+def _remove_stale(final: Path) -> None:
+    """Temporaries of ``final`` that a killed earlier run left behind.
+
+    Safe: only the stage owning ``final`` writes it, and run_stage's per-stage
+    lock keeps a second run of it from writing at the same time.
+    """
+    pattern = _temp_names(final)
+    try:
+        stale = [p for p in final.parent.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for path in stale:
+        try:
+            _remove(path)
+            log.info("removed %s, left by an earlier run", path)
+        except OSError as exc:
+            log.warning("could not remove %s (left by an earlier run): %s", path, exc)
 
 
 @contextmanager

@@ -7,11 +7,12 @@ the key, e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from stages.common.cli import StageError
 
@@ -24,7 +25,12 @@ class Section(BaseModel):
     """Base for a params section: unknown keys and loose types are errors."""
 
     # strict: YAML `epochs: "5"` or `epochs: 5.0` is a mistake, not an int.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: YAML `.inf` / `.nan` pass `gt=0` checks but are never a sensible param.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
+"""A path to a user's file: ``~`` and ``~user`` are expanded, as a shell would."""
 
 
 def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:

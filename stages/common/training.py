@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from stages.common.cli import StageError
 from stages.common.outputs import clean_float, keep_folder
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,10 @@ class Trainer:
                 if bool(state.finished.numpy()):
                     break
                 logs = {"epoch": epoch + 1, **self.train_epoch(train(epoch))}
+                if not math.isfinite(logs["loss"]):
+                    # Diverged: nothing after this is worth saving, and the previous outputs stay.
+                    raise StageError(f"{desc}: training diverged at epoch {epoch + 1}: loss is {logs['loss']} "
+                                     f"(lower the learning rate?)")
                 if validation is not None:
                     logs.update(self.evaluate(validation()))
                 state.history.append(logs)
@@ -309,9 +315,9 @@ def checkpoint_dir(root: Path | str, stage: str, params: Any, seed: int) -> Path
         for other in stage_root.iterdir():
             if other.name not in (key, "README.txt"):
                 _rmtree(other)
-    path = stage_root / key
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    # Not created here: the first checkpoint save creates it, so a run that fails
+    # before its first epoch leaves no empty folder behind.
+    return stage_root / key
 
 
 CHECKPOINTS_README = (
