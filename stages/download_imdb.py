@@ -19,6 +19,11 @@ found, ``source_sha256`` (the tarball's; null for ``sample`` and for a folder)
 and ``tree_sha256``, a digest of the normalized tree that is equal whenever the
 reviews are, whatever the source.
 
+The official tarball also lists each review's movie: line ``i`` of
+``{train,test}/urls_{pos,neg}.txt`` is the IMDb page of review ``i``. Where the
+source has them they are kept (``tfrecords_imdb`` carves its validation split by
+movie from them), checked to cover every review id; the report counts the movies.
+
 Checks: a file name must be ``{id}_{rating}.txt`` and its rating must fit its
 folder (1-4 neg, 7-10 pos, 0 unsup); ``imdb.on_bad_file`` says whether such a
 file stops the stage (``fail``, naming it) or is skipped and counted
@@ -58,6 +63,7 @@ OFFICIAL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d165
 LABELLED = [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")]
 UNSUP = ("train", "unsup")
 RATINGS = {"neg": range(1, 5), "pos": range(7, 11), "unsup": range(0, 1)}
+MOVIE_LISTS = re.compile(r"urls_(pos|neg)\.txt")  # train/urls_pos.txt: line i = the movie of review i
 FILE_NAME = re.compile(r"(\d+)_(\d+)\.txt")
 EXAMPLES = 5  # file names listed per kind of problem in the report
 
@@ -105,6 +111,7 @@ class Report:
          "invalid_utf8_bytes"), 0))
     examples: dict[str, list[str]] = field(default_factory=dict)
     digest: Any = field(default_factory=hashlib.sha256)  # of the normalized tree
+    movies: dict[str, int] | None = None  # distinct movies per split, if the source lists them
 
     def note(self, problem: str, name: str) -> None:
         self.problems[problem] += 1
@@ -224,7 +231,32 @@ def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file:
     for split, label in folders:
         if report.reviews[split][label] == 0:
             raise StageError(f"{where(src / split / label)}: no reviews")
+    report.movies = copy_movie_lists(src, dst, [f for f in folders if f[1] in ("pos", "neg")], where)
     return report
+
+
+def copy_movie_lists(src: Path, dst: Path, folders: list[tuple[str, str]], where) -> dict[str, int] | None:
+    """Copy ``{split}/urls_{label}.txt`` when the source has all of them; distinct movies per split.
+
+    Each list must name a movie for every review id of its folder (line ``id``);
+    a partial set of lists is ignored, as if there were none.
+    """
+    lists = {(split, label): src / split / f"urls_{label}.txt" for split, label in folders}
+    if not all(path.is_file() for path in lists.values()):
+        return None
+    movies: dict[str, set[str]] = {}
+    for (split, label), path in lists.items():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StageError(f"{where(path)}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+        ids = [int(FILE_NAME.fullmatch(f.name)[1]) for f in (dst / split / label).iterdir()]
+        if max(ids) >= len(lines) or any(not lines[i].strip() for i in ids):
+            raise StageError(f"{where(path)}: lists {len(lines)} movies, but review ids go up to {max(ids)} "
+                             f"(line i names the movie of review i)")
+        (dst / split / path.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        movies.setdefault(split, set()).update(lines[i].strip() for i in ids)
+    return {split: len(found) for split, found in movies.items()}
 
 
 def token_stats(counts: list[int]) -> dict[str, float]:
@@ -245,17 +277,20 @@ def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dic
         "tree_sha256": report.digest.hexdigest(),
         "reviews": {**report.reviews, "total": sum(sum(c.values()) for c in report.reviews.values())},
         "tokens": {**{split: token_stats(c) for split, c in report.tokens.items()}, "all": token_stats(all_tokens)},
+        "movies": report.movies,  # distinct movies per split, where the source lists them
         "problems": report.problems,
         "examples": report.examples,
     }
 
 
 def archive_filter(folders: list[tuple[str, str]]):
-    """Which tarball members to extract: files directly in the wanted aclImdb folders."""
+    """Which tarball members to extract: files directly in the wanted aclImdb folders, and the movie lists."""
     wanted = set(folders)
 
     def keep(name: str) -> bool:
         parts = [part for part in PurePosixPath(name).parts if part != "."]
+        if len(parts) == 3 and parts[0] == "aclImdb" and MOVIE_LISTS.fullmatch(parts[2]):
+            return True
         return len(parts) == 4 and parts[0] == "aclImdb" and (parts[1], parts[2]) in wanted
 
     return keep

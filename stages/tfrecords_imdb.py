@@ -13,9 +13,15 @@ Reads ``data/raw/imdb/aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt`` and wri
 - ``spec.json``: feature names and dtypes, counts per split and class, vocabulary
   size, token length statistics.
 
-The validation split is carved from train (``valid_fraction`` of each class,
-chosen with the seed), so the test split is only ever used for the final score;
-the vocabulary comes from the remaining training reviews alone. Each split is
+The validation split is carved from train, so the test split is only ever used
+for the final score; the vocabulary comes from the remaining training reviews
+alone. Where ``download_imdb`` kept the movie lists (``train/urls_{pos,neg}.txt``
+of the official tarball), whole movies go to validation, chosen with the seed,
+until it holds ``valid_fraction`` of the reviews: aclImdb has up to 30 reviews
+per movie and its test movies are not in train, so a validation split sharing
+movies with train would score higher than the test split will. Without them,
+``valid_fraction`` of each class is chosen at random (seeded); ``spec.json``
+says which (``valid_split``). Each split is
 shuffled once with the seed, so every shard mixes both classes; the shards
 hold contiguous runs of that order. Outputs are byte-identical from run to run
 and whatever ``workers`` is.
@@ -105,19 +111,46 @@ def find_reviews(root: Path, split: str) -> list[Review]:
     return reviews
 
 
-def split_reviews(train: list[Review], test: list[Review], valid_fraction: float, seed: int) -> dict[str, list[Review]]:
-    """``{"train", "valid", "test"}``: valid is ``valid_fraction`` of each training class
-    (stratified, seeded); each split is then shuffled once with the seed."""
+def movie_of(root: Path, split: str) -> dict[tuple[int, int], str] | None:
+    """``(target, review id) -> movie`` from ``root/<split>/urls_{neg,pos}.txt``, or None without them."""
+    paths = [root / split / f"urls_{label}.txt" for label in LABELS]
+    if not all(path.is_file() for path in paths):
+        return None
+    return {(target, i): line.strip() for target, path in enumerate(paths)
+            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines())}
+
+
+def split_reviews(train: list[Review], test: list[Review], valid_fraction: float, seed: int,
+                  movies: dict[tuple[int, int], str] | None = None) -> dict[str, list[Review]]:
+    """``{"train", "valid", "test"}``: valid is ``valid_fraction`` of the training reviews,
+    whole movies chosen with the seed if ``movies`` is given, else each class's share at
+    random (stratified, seeded); each split is then shuffled once with the seed."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     keep, valid = [], []
-    for target in range(len(LABELS)):
-        members = [r for r in train if r.target == target]
-        n_valid = round(valid_fraction * len(members))
-        chosen = set(rng.permutation(len(members))[:n_valid].tolist())
-        for i, review in enumerate(members):
-            (valid if i in chosen else keep).append(review)
+    if movies is not None:
+        movie = {r: movies[(r.target, r.review_id)] for r in train}
+        titles = sorted(set(movie.values()))
+        wanted, chosen = round(valid_fraction * len(train)), set()
+        sizes = {title: 0 for title in titles}
+        for r in train:
+            sizes[movie[r]] += 1
+        taken = 0
+        for i in rng.permutation(len(titles)).tolist():
+            if taken >= wanted:
+                break
+            chosen.add(titles[i])
+            taken += sizes[titles[i]]
+        for review in train:
+            (valid if movie[review] in chosen else keep).append(review)
+    else:
+        for target in range(len(LABELS)):
+            members = [r for r in train if r.target == target]
+            n_valid = round(valid_fraction * len(members))
+            picked = set(rng.permutation(len(members))[:n_valid].tolist())
+            for i, review in enumerate(members):
+                (valid if i in picked else keep).append(review)
     splits = {"train": keep, "valid": valid, "test": list(test)}
     for name, reviews in splits.items():
         if not reviews:
@@ -336,7 +369,9 @@ def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict
     from stages.common.text import save_vocabulary
     from stages.common.tfrecords import SPEC_FILE, write_spec, write_split
 
-    splits = split_reviews(find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, seed)
+    movies = movie_of(raw, "train")
+    splits = split_reviews(find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, seed, movies)
+    log.info("validation split: %s", "whole movies (train/urls_*.txt)" if movies else "random, per class")
     ordered = [r for name in SPLITS for r in splits[name]]
     vocab, records, all_lengths, all_unknown = tokenize_and_encode(ordered, {r.path for r in splits["train"]}, p)
     log.info("vocabulary: %d tokens (min frequency %d, from %d training reviews)",
@@ -354,6 +389,7 @@ def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict
         start = stop
         log.info("%s: %d reviews in %d shards", name, len(splits[name]), p.num_shards)
     spec = build_spec(p, seed, splits, lengths, unknown, len(vocab), shards)
+    spec["valid_split"] = "by_movie" if movies else "random_per_class"
     write_spec(out_dir / SPEC_FILE, spec)
     return spec
 

@@ -383,3 +383,28 @@ def test_sample_word_order_matters(sample_tree: Path) -> None:
         accuracy[ngrams] = model.score(vectorizer.transform(test[0]), test[1])
     assert 0.6 < accuracy[(1, 1)] < 0.85, accuracy  # learnable, but not from words alone
     assert accuracy[(1, 2)] > accuracy[(1, 1)] + 0.05, accuracy
+
+
+def test_movie_lists_are_kept_checked_and_counted(workdir: Path, tmp_path: Path) -> None:
+    """The official tarball's urls_{pos,neg}.txt (line i: the movie of review i) travel with the reviews."""
+    from stages.tfrecords_imdb import movie_of
+
+    tree = tmp_path / "aclImdb"
+    generate(tmp_path, seed=1, per_class=12)
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            top = max(int(f.name.split("_")[0]) for f in (tree / split / label).iterdir())
+            lines = [f"http://www.imdb.com/title/tt{i // 3:07d}/usercomments" for i in range(top + 1)]
+            (tree / split / f"urls_{label}.txt").write_text("\n".join(lines) + "\n")
+    ok(stage(workdir, source="path", path=str(tree)))
+    raw = workdir / "data/raw/imdb/aclImdb"
+    assert (raw / "train/urls_pos.txt").read_text() == (tree / "train/urls_pos.txt").read_text()
+    movies = report(workdir)["movies"]
+    assert set(movies) == {"train", "test"} and all(n > 0 for n in movies.values())
+    assert movie_of(raw, "train")[(1, 0)] == "http://www.imdb.com/title/tt0000000/usercomments"
+
+    before = snapshot(workdir)
+    lines = (tree / "train/urls_neg.txt").read_text().splitlines()
+    (tree / "train/urls_neg.txt").write_text("\n".join(lines[:2]) + "\n")
+    failed(stage(workdir, source="path", path=str(tree)), "train/urls_neg.txt: lists 2 movies, but review ids go up to")
+    assert snapshot(workdir) == before

@@ -108,6 +108,23 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
         split_reviews(train[:1], test, 0.9, seed=3)
 
 
+def test_split_by_movie_keeps_every_movie_on_one_side() -> None:
+    # 40 movies with 1-8 reviews each, of both classes, as aclImdb lists them in urls_*.txt.
+    train, movies = [], {}
+    for i in range(200):
+        target, movie = i % 2, f"tt{(i * 7) % 40:07d}"
+        train.append(Review(f"train/{target}/{i}", i, 2 if target == 0 else 9, target))
+        movies[(target, i)] = movie
+    test = [Review(f"test/{i}", i, 1, 0) for i in range(5)]
+    splits = split_reviews(train, test, 0.2, seed=3, movies=movies)
+    assert splits == split_reviews(train, test, 0.2, seed=3, movies=movies)
+    valid_movies = {movies[(r.target, r.review_id)] for r in splits["valid"]}
+    train_movies = {movies[(r.target, r.review_id)] for r in splits["train"]}
+    assert valid_movies and valid_movies.isdisjoint(train_movies)
+    assert 40 <= len(splits["valid"]) < 40 + 5  # whole movies until a fifth of the reviews (5 per movie here)
+    assert set(splits["train"]) | set(splits["valid"]) == set(train)
+
+
 def test_int64_steps_table_and_scalar_features_match_the_shared_codec() -> None:
     import numpy as np
 
