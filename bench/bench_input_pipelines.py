@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,8 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_tfrecords_fer2013 import make_project, stage  # noqa: E402
@@ -105,8 +105,7 @@ def main() -> None:
         **results,
         "batch_size": BATCH,
         "target_ratio": TARGET_RATIO,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "note": "training split, shuffled, new dataset per epoch; 2 cores may be shared: see the load averages",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
 RESULTS = ROOT / "bench/results/numerics.json"
 REAL_FACES, REAL_REVIEWS = 28_709, 22_500
 EPOCHS = 6
@@ -50,22 +51,6 @@ CONFIGS = {
     "reproducible_nondeterministic": ({"EAGER_PIPELINE_NUMERICS": "reproducible"}, False),
 }
 WORKLOADS = ("cnn", "cnn_augmented", "rnn")
-
-
-def cpu_info() -> dict:
-    """The CPU model and the vector instruction sets it offers (from /proc/cpuinfo on Linux)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    vector = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-    return {"model": model, "cores": os.cpu_count(), "machine": platform.machine(), "vector_isa": vector}
 
 
 def make_project(dest: Path) -> Path:
@@ -168,7 +153,7 @@ def main() -> None:
     summary = {w: {"fast_s": fast[w]["real_epoch_seconds"], "reproducible_s": repro[w]["real_epoch_seconds"],
                    "price": round(repro[w]["real_epoch_seconds"] / fast[w]["real_epoch_seconds"] - 1, 3)}
                for w in WORKLOADS}
-    out = {"cpu": cpu_info(), "summary": summary, "runs": results,
+    out = {"machine": machine_info(), "summary": summary, "runs": results,
            "input_only_real_epoch_seconds": results["input_only"]["real_epoch_seconds"],
            "note": "training passes only, fastest of epochs 2-6, scaled to 28,709 faces / 22,500 reviews; "
                    "price = reproducible / fast - 1; 2 cores may be shared: see the load averages"}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -38,8 +37,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench_tfrecords_fer2013 import stage  # noqa: E402
@@ -159,8 +159,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
                    "bucket_boundaries": p.bucket_boundaries, "training_reviews": result["tf_function"]["examples"]},
         "target_speedup_vs_eager": TARGET_EAGER_SPEEDUP,
         "target_ratio_to_fit": 1 - TARGET_FIT_GAP,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "load_average_before": [round(v, 2) for v in load],
         "note": "training split of the default sample; compiled variants: best of alternating whole epochs; "
                 "eager: the first batches of an epoch, compared with the compiled step on the same batches",

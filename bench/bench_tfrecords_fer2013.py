@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
 RESULTS = ROOT / "bench/results/tfrecords_fer2013.json"
 TARGET_SECONDS = 20.0
 STAGE_PARAMS = {"num_shards": 4, "compression": "none"}
@@ -89,8 +90,7 @@ def main() -> None:
         "same_bytes_for_1_and_2_workers": len(digests) == 1,
         "output_mb": round(size / 1e6, 1),
         "params": STAGE_PARAMS,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "note": "wall time of `python -m stages.tfrecords_fer2013` (start-up and CSV parsing included); "
                 "2 cores may be shared with other processes: see the load averages",
     }

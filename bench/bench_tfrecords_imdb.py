@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -139,8 +141,7 @@ def main() -> None:
         "target_met": speedup >= TARGET_SPEEDUP,
         "same_records": identical,
         "vocab_size": spec["vocab_size"],
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "note": "2 cores may be shared with other processes; see the load averages",
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
                      "numpy": np.__version__, "protobuf": google.protobuf.__version__},

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from common import machine_info  # noqa: E402
 
 import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
 from bench_tfrecords_fer2013 import stage  # noqa: E402
@@ -73,8 +73,7 @@ def main() -> None:
         "steady_epoch_seconds": runs["plain"]["epoch_seconds"][-1],
         "steady_epoch_seconds_augmented": runs["augmented"]["epoch_seconds"][-1],
         "params": {k: v for k, v in base.items() if k not in ("max_epochs", "patience", "checkpoint_every_s")},
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine_info(),
         "note": "per epoch: training pass + validation pass; the first epoch of the first run also decodes "
                 "the PNGs into the cache and traces the steps; 2 cores may be shared: see the load averages",
     }
