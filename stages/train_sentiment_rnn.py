@@ -67,6 +67,11 @@ class TrainSentimentRnnParams(Section):
     units: int = Field(64, ge=1, description="recurrent units")
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     dense_units: int = Field(128, ge=1)
+    bidirectional: bool = Field(False, description="also read each review backwards (a second recurrent layer)")
+    readout: Literal["last", "max", "mean_max"] = Field(
+        "last", description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps")
+    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay (AdamW) when > 0")
     learning_rate: float = Field(3e-3, gt=0.0, description="Adam")
     batch_size: int = Field(64, ge=1)
     bucket_boundaries: list[int] | None = Field(
@@ -105,19 +110,66 @@ def _last_step_layer():
 
 
 def build_model(vocab_size: int, p: TrainSentimentRnnParams):
-    """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits."""
+    """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits.
+
+    With the defaults it is the tutorial's: embedding -> one recurrent layer read at
+    each review's last real token -> dropout -> Dense(relu) -> 2 logits. The options
+    that regularize it for the real reviews: ``embedding_dropout``, ``bidirectional``
+    (forward and backward layers; the padding is masked, so each direction's final
+    output is its summary of the real tokens) and ``readout`` pooling over the real
+    steps (max, or mean and max concatenated).
+    """
     import keras
 
     tokens = keras.Input((None,), dtype="int64", name="token_indexes")  # (b, T), padded with 0
     lengths = keras.Input((), dtype="int64", name="sequence_length")  # (b,), real tokens incl. <eos>
-    embedded = keras.layers.Embedding(vocab_size, p.embedding_dim, name="embedding")(tokens)  # (b, T, 100)
+    masked = p.bidirectional or p.readout != "last"  # id 0 is only ever padding (text.PAD_ID)
+    embedded = keras.layers.Embedding(vocab_size, p.embedding_dim, mask_zero=masked, name="embedding")(tokens)
+    if p.embedding_dropout:
+        embedded = keras.layers.SpatialDropout1D(p.embedding_dropout, name="embedding_dropout")(embedded)
     recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[p.cell]
-    steps = recurrent(p.units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
-    last = _last_step_layer()(name="last_real_step")(steps, lengths)  # (b, units)
-    hidden = keras.layers.Dropout(p.dropout, name="dropout")(last)
+    if p.readout == "last" and not p.bidirectional:
+        steps = recurrent(p.units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
+        summary = _last_step_layer()(name="last_real_step")(steps, lengths)  # (b, units)
+    elif p.readout == "last":  # bidirectional: forward's output at the last real token, backward's at the first
+        summary = keras.layers.Bidirectional(recurrent(p.units), name="rnn")(embedded)  # (b, 2 units)
+    else:
+        rnn = recurrent(p.units, return_sequences=True, name="rnn")
+        if p.bidirectional:
+            rnn = keras.layers.Bidirectional(rnn, name="rnn")
+        steps = rnn(embedded)  # (b, T, units), or 2 units bidirectional
+        summary = _pooling_layer()(p.readout, name="pool_real_steps")(steps, lengths)
+    hidden = keras.layers.Dropout(p.dropout, name="dropout")(summary)
     hidden = keras.layers.Dense(p.dense_units, activation="relu", name="hidden")(hidden)
     logits = keras.layers.Dense(2, name="logits")(hidden)
-    return keras.Model({"token_indexes": tokens, "sequence_length": lengths}, logits, name=f"sentiment_{p.cell}")
+    name = f"sentiment_{'bi' if p.bidirectional else ''}{p.cell}"
+    return keras.Model({"token_indexes": tokens, "sequence_length": lengths}, logits, name=name)
+
+
+def _pooling_layer():
+    import keras
+    import tensorflow as tf
+
+    class PoolRealSteps(keras.layers.Layer):
+        """Max (and mean) of ``outputs[i, :sequence_length[i]]`` over the real steps: padding never counts."""
+
+        def __init__(self, mode: str, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.mode = mode
+            self.supports_masking = True
+
+        def call(self, outputs, sequence_length, mask=None):
+            real = tf.sequence_mask(sequence_length, tf.shape(outputs)[1], dtype=outputs.dtype)[:, :, None]
+            largest = tf.reduce_max(outputs * real + (real - 1.0) * 1e9, axis=1)
+            if self.mode == "max":
+                return largest
+            mean = tf.reduce_sum(outputs * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
+            return tf.concat([mean, largest], axis=-1)
+
+        def compute_mask(self, inputs, mask=None):
+            return None
+
+    return PoolRealSteps
 
 
 def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
@@ -125,8 +177,10 @@ def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
 
     from stages.common.training import Trainer
 
+    optimizer = (keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
+                 if p.weight_decay else keras.optimizers.Adam(learning_rate=p.learning_rate))
     return Trainer(
-        build_model(vocab_size, p), keras.optimizers.Adam(learning_rate=p.learning_rate),
+        build_model(vocab_size, p), optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy}, run_eagerly=p.run_eagerly,
     )
@@ -201,6 +255,7 @@ def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.n
     import tensorflow as tf
 
     rnn = model.get_layer("rnn")
+    rnn = getattr(rnn, "forward_layer", rnn)  # bidirectional: the forward direction reads the review as written
     embedded = model.get_layer("embedding")(tf.constant(np.asarray(token_indexes)[None, :], tf.int64))  # (1, T, d)
     state = [tf.zeros((1, rnn.cell.units)) for _ in range(len(tf.nest.flatten(rnn.cell.state_size)))]
     hidden, memory = [], []

@@ -34,10 +34,30 @@ def padded(ids: list[list[int]], length: int) -> np.ndarray:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_does_not_change_the_logits(cell: str) -> None:
+    check_padding_invariance(TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+
+    # The test has teeth: reading the recurrent output at the last *padded* step differs.
+    import keras
+
+    model = build_model(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+    review = np.random.default_rng(0).integers(3, 50, size=23).tolist() + [2]
+    steps = keras.Model(model.inputs, model.get_layer("rnn").output)
+    seq = steps({"token_indexes": padded([review], len(review) + 300),
+                 "sequence_length": np.array([len(review)])}).numpy()
+    assert np.abs(seq[0, -1] - seq[0, len(review) - 1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("options", [{"bidirectional": True}, {"readout": "max"},
+                                     {"readout": "mean_max", "bidirectional": True, "cell": "gru"}])
+def test_bidirectional_and_pooled_readouts_ignore_padding(options: dict) -> None:
+    check_padding_invariance(TrainSentimentRnnParams(units=8, embedding_dim=6, dense_units=8, **options))
+
+
+def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
     from stages.common.seeding import seed_everything
 
     seed_everything(3)
-    model = build_model(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+    model = build_model(50, p)
     rng = np.random.default_rng(0)
     review = rng.integers(3, 50, size=23).tolist() + [2]  # ends with <eos>, as in the records
     other = rng.integers(3, 50, size=60).tolist() + [2]
@@ -52,13 +72,6 @@ def test_padding_does_not_change_the_logits(cell: str) -> None:
     np.testing.assert_allclose(in_batch[[0, 2]], np.repeat(alone, 2, axis=0), rtol=1e-5, atol=1e-6)
     other_alone = model({"token_indexes": padded([other], len(other)), "sequence_length": np.array([len(other)])})
     np.testing.assert_allclose(in_batch[1:2], other_alone.numpy(), rtol=1e-5, atol=1e-6)
-
-    # The test has teeth: reading the recurrent output at the last *padded* step differs.
-    import keras
-
-    steps = keras.Model(model.inputs, model.get_layer("rnn").output)
-    seq = steps({"token_indexes": padded([review], len(review) + 300), "sequence_length": lengths}).numpy()
-    assert np.abs(seq[0, -1] - seq[0, len(review) - 1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
