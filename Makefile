@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test bench clean-outputs
+.PHONY: setup repro test bench real clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ bench: setup
 	python bench/bench_train_emotion_cnn.py
 	python bench/bench_sentiment_rnn.py
 	python bench/bench_numerics.py
+
+# The pipeline on the three real datasets as a DVC experiment (recipes/real-data.yaml; hours on
+# 2 cores). FER2013=, IMDB=, SERIES= give local copies: make real FER2013=~/fer2013.csv
+real: setup
+	python -m stages.real_data $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(IMDB),--imdb "$(IMDB)") \
+		$(if $(SERIES),--series "$(SERIES)")
 
 # Remove generated outputs (not metrics/ and plots/, which git tracks).
 clean-outputs:
