@@ -351,3 +351,14 @@ def test_kaggle_dataset_without_credentials_is_one_line(workdir: Path, tmp_path:
     assert len(errors) == 1 and errors[0].startswith("error: fer2013.source: kaggle"), result.stderr
     set_params(workdir, source="kaggle", kaggle_dataset="not a dataset name")
     assert "fer2013.kaggle_dataset" in stage_fails(workdir)
+
+
+def test_a_mirror_of_a_zip_of_images_is_read_through_source_url(workdir: Path, tmp_path: Path, http_server) -> None:
+    rows = named_tree(tmp_path / "fer")
+    data = zip_folder(tmp_path / "fer", tmp_path / "fer.zip").read_bytes()
+    http_server.files["mirror/fer2013-images.zip"] = data
+    sha = hashlib.sha256(data).hexdigest()
+    set_params(workdir, source="url", url=http_server.url("mirror/fer2013-images.zip"), sha256=sha)
+    run(MODULE, workdir)
+    assert (workdir / OUT_CSV).read_text() == csv_text(rows)
+    assert (report(workdir)["form"], report(workdir)["sha256"]) == ("image_folders", sha)
