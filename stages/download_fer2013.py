@@ -6,15 +6,19 @@
   written as a real ``fer2013.csv`` and then read like any user's file;
 - ``path``: a file the user has: ``fer2013.csv``, ``fer2013.tar.gz`` (holding
   ``fer2013/fer2013.csv``), the Kaggle competition zip, or ``icml_face_data.csv``
-  (columns ``emotion, Usage, pixels``); the form is told from the content;
+  (columns ``emotion, Usage, pixels``); or FER2013 as image folders
+  (``train/<emotion>/*.jpg`` ...: stages/fer2013_images.py), a folder or a
+  zip / tar(.gz) of one; the form is told from the content;
 - ``kaggle``: the competition zip through the official ``kaggle`` package
-  (optional extra ``pip install .[kaggle]``, with the user's API credentials);
+  (optional extra ``pip install .[kaggle]``, with the user's API credentials),
+  or with ``fer2013.kaggle_dataset`` (e.g. ``msambare/fer2013``) a dataset's zip;
 - ``url``: a mirror of any of those forms, checked against ``fer2013.sha256``.
 
-Every row is checked (emotion 0–6, Usage, 2,304 integer pixels 0–255);
-``fer2013.on_bad_row: fail`` stops at the first bad row with its line number,
-``skip`` drops and counts them. Writes ``data/raw/fer2013/fer2013.csv``
-(``emotion,pixels,Usage``, the original row order) and the data report
+Every row is checked (emotion 0–6, Usage, 2,304 integer pixels 0–255), every
+image too (48×48 grey, in an emotion folder); ``fer2013.on_bad_row: fail``
+stops at the first bad row or file, naming it, ``skip`` drops and counts them.
+Writes ``data/raw/fer2013/fer2013.csv`` (``emotion,pixels,Usage``, the
+original row order; images in split, then file-name order) and the data report
 ``metrics/data_fer2013.json``. Downloads are kept in ``data/downloads/fer2013``
 so a later run with other params does not fetch them again.
 """
@@ -42,8 +46,8 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from stages import fer2013_sample
-from stages.common.archives import check_member_name
+from stages import fer2013_images, fer2013_sample
+from stages.common.archives import check_member_name, extract_archive
 from stages.common.cli import StageError, run_stage
 from stages.common.download import download, sha256_file
 from stages.common.fer2013_csv import (
@@ -93,6 +97,10 @@ class SampleSize(Section):
 class Fer2013Params(Section):
     source: Literal["sample", "path", "kaggle", "url"] = "sample"
     path: UserPath | None = None
+    kaggle_dataset: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description="source kaggle: owner/name of "
+                                       "a dataset (e.g. msambare/fer2013) instead of the competition")
+    valid_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="image folders without a validation split: "
+                                  "share of each Training class made PublicTest (seeded)")
     url: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
     size: int | None = Field(None, gt=0, description="bytes expected from url")
@@ -102,7 +110,8 @@ class Fer2013Params(Section):
     @model_validator(mode="after")
     def _source_has_what_it_needs(self) -> "Fer2013Params":
         if self.source == "path" and not self.path:
-            raise ValueError("path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip or icml_face_data.csv)")
+            raise ValueError("path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip, icml_face_data.csv "
+                             "or image folders)")
         if self.source == "url" and not self.url:
             raise ValueError("url: required with source: url")
         if self.source == "url" and not self.sha256:
@@ -129,8 +138,8 @@ def kaggle_credentials() -> bool:
     return any(Path(d).expanduser().joinpath("kaggle.json").is_file() for d in dirs if d)
 
 
-def fetch_kaggle() -> Path:
-    """The competition zip, downloaded with the official kaggle package."""
+def fetch_kaggle(dataset: str | None = None) -> Path:
+    """The competition zip (or ``dataset``'s zip), downloaded with the official kaggle package."""
     # Checked before importing: `import kaggle` authenticates at import time and,
     # without credentials, prints a notice or raises from deep inside.
     if importlib.util.find_spec("kaggle") is None:
@@ -146,12 +155,18 @@ def fetch_kaggle() -> Path:
 
         api = KaggleApi()
         api.authenticate()
-        api.competition_download_files(COMPETITION, path=str(DOWNLOAD_DIR), quiet=False)
+        if dataset:  # kept zipped: it is checked and read like a user's zip
+            api.dataset_download_files(dataset, path=str(DOWNLOAD_DIR), quiet=False, unzip=False)
+        else:
+            api.competition_download_files(COMPETITION, path=str(DOWNLOAD_DIR), quiet=False)
     except Exception as exc:  # the kaggle API raises many types (HTTP, auth, IO); all end the stage
         detail = " ".join(str(exc).split())[:200]
+        if dataset:
+            raise StageError(f"kaggle: downloading the dataset {dataset} failed ({detail}); check its name on "
+                             f"kaggle.com/datasets/{dataset}, or use source: path") from None
         raise StageError(f"kaggle: downloading {COMPETITION} failed ({detail}); accept the competition rules on "
                          f"kaggle.com/c/{COMPETITION}/rules, or use source: path") from None
-    archive = DOWNLOAD_DIR / f"{COMPETITION}.zip"
+    archive = DOWNLOAD_DIR / f"{dataset.split('/')[1] if dataset else COMPETITION}.zip"
     if not archive.is_file():
         raise StageError(f"kaggle: expected {archive} after the download; use source: path with the file you got")
     return archive
@@ -291,6 +306,12 @@ def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int 
         raise StageError(f"{name}: truncated or corrupt archive ({' '.join(str(exc).split())})") from None
     except OSError as exc:  # e.g. an unreadable file
         raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
+    return row_stats(name, counts, found, examples, pixel_sum, pixel_squares)
+
+
+def row_stats(name: str, counts: np.ndarray, found: dict[str, int], examples: list[str], pixel_sum: int,
+              pixel_squares: int) -> dict:
+    """The row statistics of the data report from the counts per (Usage, emotion) and the pixel sums."""
     rows = int(counts.sum())
     if rows == 0:
         raise StageError(f"{name}: no valid rows")
@@ -319,11 +340,91 @@ def _describe(name: str, row: BadRow) -> str:
     return f"{name}: line {row.line}: {row.message}"
 
 
+# --- image folders ---------------------------------------------------------------
+
+
+def holds_images(path: Path) -> bool:
+    """Whether the archive ``path`` holds image folders rather than a FER2013 CSV (told by its member names).
+
+    Anything else, a damaged archive included, goes to the CSV reader, which reports it.
+    """
+    def verdict(name: str) -> bool | None:
+        base = PurePosixPath(name).name.lower()
+        if base.endswith(".csv") or base == TAR_MEMBER:
+            return False
+        return True if fer2013_images.looks_like_image(base) and not fer2013_images.ignored(base) else None
+
+    kind = archive_kind(path)
+    try:
+        if kind == "zip" or (kind is None and zipfile.is_zipfile(path)):
+            with zipfile.ZipFile(path) as zf:  # the central directory: every name, cheaply
+                verdicts = {verdict(info.filename) for info in zf.infolist() if not info.is_dir()}
+            return False not in verdicts and True in verdicts
+        if kind is not None or tarfile.is_tarfile(path):
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:  # the first telling member decides: no second pass over a large archive
+                    if member.isfile() and (found := verdict(member.name)) is not None:
+                        return found
+    except (*_CORRUPT, OSError):
+        pass
+    return False
+
+
+IMAGE_LAYOUT = ("train/ and test/ (or validation/) folders, each with angry/, disgust/, fear/, happy/, sad/, "
+                "surprise/ and neutral/ image folders")
+
+
+def normalize_images(source: Path, name: str, out_csv: Path, p: Fer2013Params, seed: int, scratch: Path) -> dict:
+    """Read FER2013 image folders (a folder, or an archive extracted into ``scratch``) into ``out_csv``.
+
+    Returns the data report's row statistics, and what the image folders add to it.
+    """
+    if source.is_dir():
+        root, where = fer2013_images.find_root(source), str
+        if root is None:
+            raise StageError(f"{name}: is a folder, but holds no FER2013 image folders (expected {IMAGE_LAYOUT}); "
+                             f"or give a file: fer2013.csv, fer2013.tar.gz, the competition zip or icml_face_data.csv")
+    else:
+        target = scratch / "images"
+        log.info("extracting %s", name)
+        extract_archive(source, target)  # safe names; reads to the end, so a damaged archive is caught here
+
+        def where(path: Path) -> str:
+            return f"{name}: member {path.relative_to(target).as_posix()}"
+
+        root = fer2013_images.find_root(target)
+        if root is None:
+            raise StageError(f"{name}: no FER2013 image folders inside (expected {IMAGE_LAYOUT})")
+    faces = fer2013_images.read_faces(root, where, p.on_bad_row, seed, p.valid_fraction)
+    counts = np.zeros((len(USAGES), len(EMOTIONS)), dtype=np.int64)
+    np.add.at(counts, (faces.usages, faces.emotions), 1)
+    pixel_sum = pixel_squares = 0
+    with out_csv.open("wb") as out:
+        out.write(HEADER.encode())
+        for start in range(0, len(faces.emotions), 1024):  # chunks: the formatted rows take 4 bytes a pixel
+            part = slice(start, start + 1024)
+            out.write(format_rows(faces.emotions[part], faces.pixels[part], faces.usages[part]))
+            pixels = faces.pixels[part].astype(np.int64)
+            pixel_sum += int(pixels.sum())
+            pixel_squares += int((pixels * pixels).sum())
+    carved = faces.valid_split.startswith("carved")
+    return {
+        "form": "image_folders",
+        "valid_split": faces.valid_split,
+        **({"valid_fraction": p.valid_fraction} if carved else {}),
+        "images_sha256": faces.images_sha256,
+        "colour_images_converted": faces.converted_from_colour,
+        "ignored_beside_the_splits": faces.ignored,
+        **row_stats(name, counts, faces.bad.found, faces.bad.examples, pixel_sum, pixel_squares),
+    }
+
+
 # --- the stage ---------------------------------------------------------------
 
 
 def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, str]:
-    """The file to read for ``p.source``: its path, its name in messages, and its origin for the report."""
+    """What to read for ``p.source`` (a file, or a folder of images): its path, its name in messages, and its
+    origin for the report."""
     if p.source == "sample":
         rows = p.sample.rows()
         log.info("drawing %d sample faces (%s)", sum(rows.values()), ", ".join(f"{k} {v}" for k, v in rows.items()))
@@ -331,42 +432,54 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
         return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/fer2013_sample.py, seed {seed}"
     if p.source == "path":
         path = Path(p.path)
-        if path.is_dir():
-            raise StageError(f"params.yaml: fer2013.path: {p.path}: is a folder; give the file in it "
-                             f"(fer2013.csv, fer2013.tar.gz, the competition zip or icml_face_data.csv)")
-        if not path.is_file():
+        if not path.exists():
             raise StageError(f"params.yaml: fer2013.path: {p.path}: file not found")
         return path, p.path, p.path
     if p.source == "url":
         path = fetch_url(p.url, p.sha256, p.size)
         return path, path.name, p.url
-    path = fetch_kaggle()
-    return path, path.name, f"kaggle competition {COMPETITION}"
+    path = fetch_kaggle(p.kaggle_dataset)
+    origin = f"kaggle dataset {p.kaggle_dataset}" if p.kaggle_dataset else f"kaggle competition {COMPETITION}"
+    return path, path.name, origin
 
 
 def main() -> None:
     seed, p = load_params("fer2013", Fer2013Params)
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
-    # The generated sample is scratch: the normalized CSV written from it is the output.
+    # Scratch for the generated sample or an extracted archive of images: the normalized CSV is the output.
     try:
-        scratch_dir = tempfile.TemporaryDirectory(prefix=".fer2013-sample.", dir=OUT_DIR.parent)
+        scratch_dir = tempfile.TemporaryDirectory(prefix=".fer2013-input.", dir=OUT_DIR.parent)
     except OSError as exc:
         raise StageError(f"{OUT_DIR.parent}: cannot write here: {exc.strerror or exc}") from None
     with scratch_dir as scratch:
         source, name, origin = source_file(p, seed, Path(scratch))
-        try:
-            digest = sha256_file(source)
-        except OSError as exc:
-            raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
-        if p.source == "path" and p.sha256 and digest != p.sha256.lower():
-            raise StageError(f"{p.path}: sha256 mismatch: expected {p.sha256.lower()}, got {digest}")
+        digest = None  # of a folder: known once its images are read
+        if not source.is_dir():
+            try:
+                digest = sha256_file(source)
+            except OSError as exc:
+                raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
+            check_sha256(p, digest)
+        images = p.source != "sample" and (source.is_dir() or holds_images(source))
         total = sum(p.sample.rows().values()) if p.source == "sample" else None
         with atomic_outputs() as out:
-            stats = normalize(source, name, out.directory(OUT_DIR) / CSV_NAME, p.on_bad_row, total)
+            csv_path = out.directory(OUT_DIR) / CSV_NAME
+            if images:
+                stats = normalize_images(source, name, csv_path, p, seed, Path(scratch))
+                if digest is None:
+                    digest = stats["images_sha256"]  # a folder's sha256: its files' paths and contents
+                    check_sha256(p, digest)
+            else:
+                stats = normalize(source, name, csv_path, p.on_bad_row, total)
             write_json(out.file(REPORT), {"source": p.source, "origin": origin, "sha256": digest, **stats})
     keep_folder(DOWNLOAD_DIR, "Downloaded FER2013 files (source: url or kaggle) are kept here, checked by sha256.\n")
     log.info("%s: %d rows (%s); %d bad rows skipped", OUT_DIR / CSV_NAME, stats["rows"],
              ", ".join(f"{k} {v}" for k, v in stats["rows_per_split"].items()), stats["bad_rows"]["skipped"])
+
+
+def check_sha256(p: Fer2013Params, digest: str) -> None:
+    if p.source == "path" and p.sha256 and digest != p.sha256.lower():
+        raise StageError(f"{p.path}: sha256 mismatch: expected {p.sha256.lower()}, got {digest}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 ``series.source: synthetic`` (default) writes a synthetic Spanish series as an
 ENTSO-E export (stages/series_sample.py) and parses it; ``series.source: path``
-parses a real "Total Load - Day Ahead / Actual" export. Either way the same
-parser runs.
+parses a real "Total Load - Day Ahead / Actual" export; ``series.source: url``
+downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05)
+into ``data/downloads/series/``, checked against ``series.sha256`` and reused
+while it matches. Either way the same parser runs.
 
 Input: columns ``Time (CET)`` or ``Time (CET/CEST)`` (or ``Time (UTC)``),
 ``Day-ahead Total Load Forecast [MW] - ...`` and ``Actual Total Load [MW] - ...``;
@@ -38,8 +40,9 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -47,7 +50,8 @@ from pydantic import Field, model_validator
 
 from stages import series_sample
 from stages.common.cli import StageError, run_stage
-from stages.common.outputs import atomic_outputs, write_csv, write_json
+from stages.common.download import download
+from stages.common.outputs import atomic_outputs, keep_folder, write_csv, write_json
 from stages.common.params import Section, UserPath, load_params
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,11 @@ OUT_DIR = Path("data/raw/series")
 SERIES_FILE = "load.csv"
 SAMPLE_FILE = "entsoe_total_load.csv"
 REPORT = Path("metrics/data_series.json")
+DOWNLOAD_DIR = Path("data/downloads/series")  # source: url; an out of this stage only
+# Tutorial 09's own file (REFERENCE.md): 29,232 hourly rows, 2015-01-01 to 2018-05-02.
+TUTORIAL_URL = ("https://raw.githubusercontent.com/madalinabuzau/tensorflow-eager-tutorials/master/"
+                "datasets/load_forecasting/spain_hourly_entsoe.csv")
+TUTORIAL_SHA256 = "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
 
 LOCAL_TZ = series_sample.LOCAL_TZ  # all ENTSO-E "CET" exports use the CET/CEST clock
 TIME_COLUMNS = {"Time (CET)": LOCAL_TZ, "Time (CET/CEST)": LOCAL_TZ, "Time (UTC)": "UTC"}
@@ -82,8 +91,11 @@ class Synthetic(Section):
 
 
 class SeriesParams(Section):
-    source: Literal["synthetic", "path"] = "synthetic"
+    source: Literal["synthetic", "path", "url"] = "synthetic"
     path: UserPath | None = Field(None, description="a real ENTSO-E export (source: path)")
+    url: str = Field(TUTORIAL_URL, description="an ENTSO-E export to download (source: url)")
+    sha256: str | None = Field(TUTORIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$", description="required with url")
+    size: int | None = Field(None, gt=0, description="bytes expected from url (optional)")
     on_bad_row: Literal["fail", "skip"] = "fail"
     max_gap_hours: int = Field(72, ge=1, description="longest run of hours without a load value that may be "
                                "interpolated later; a longer one stops the stage")
@@ -93,6 +105,8 @@ class SeriesParams(Section):
     def _path_given(self) -> "SeriesParams":
         if self.source == "path" and not self.path:
             raise ValueError("path: must name an ENTSO-E CSV export when source is 'path'")
+        if self.source == "url" and not self.sha256:
+            raise ValueError("sha256: required when source is 'url' (the download is checked before use)")
         return self
 
 
@@ -356,6 +370,11 @@ def main() -> None:
         except OSError as exc:
             raise StageError(f"series.path: cannot read {source}: {exc.strerror or exc}") from None
         name = str(source)
+    elif p.source == "url":
+        file_name = PurePosixPath(urlparse(p.url).path).name
+        dest = DOWNLOAD_DIR / (file_name if re.fullmatch(r"[\w.+-]+", file_name) else "entsoe_export.csv")
+        data = download(p.url, dest, p.sha256, p.size).read_bytes()
+        name = p.url
     else:
         s = p.synthetic
         data = series_sample.entsoe_csv(s.start, s.end, seed, s.noise_mw, s.missing_fraction).encode("utf-8")
@@ -375,6 +394,7 @@ def main() -> None:
             (folder / SAMPLE_FILE).write_bytes(data)
         write_series(folder / SERIES_FILE, grid)
         write_json(out.file(REPORT), data_report)
+    keep_folder(DOWNLOAD_DIR, "Downloaded load series (series.source: url) are kept here, checked by sha256.\n")
     log.info(
         "%s: %d hours %s .. %s, %d missing load values, %d missing hours in %d gaps, %d duplicates, "
         "%d DST gaps, %d bad rows",

@@ -38,7 +38,7 @@ from test_download_fer2013 import make_rows, tar_gz, fer_csv, zip_file
 from test_download_imdb import make_tarball, review_files
 
 SHORT_SERIES = {"source": "synthetic", "synthetic": {"start": "2015-01-01", "end": "2015-06-30"}}
-TEMPORARY = re.compile(r"\.(tmp|old)$|\.tmp\.|^\.(imdb-input|fer2013-sample)\.")
+TEMPORARY = re.compile(r"\.(tmp|old)$|\.tmp\.|^\.(imdb-input|fer2013-input)\.")
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from pathlib import Path
 
@@ -224,3 +225,63 @@ def test_stage_params_errors(workdir: Path) -> None:
     set_series(workdir, {"source": "path", "path": "nowhere.csv"})
     result = run(MODULE, workdir, check=False)
     assert result.returncode == 2 and "series.path: cannot read nowhere.csv" in result.stderr
+
+
+# ---- source: url, through the shared downloader, against a real HTTP server on 127.0.0.1 ----
+
+
+def served_export(http_server) -> tuple[bytes, str]:
+    """Two months of the synthetic export, served as the tutorial's file name; its bytes and URL."""
+    data = entsoe_csv(dt.date(2016, 3, 1), dt.date(2016, 4, 30), 3, 300.0, 0.001).encode("utf-8")
+    http_server.files["datasets/spain_hourly_entsoe.csv"] = data
+    return data, http_server.url("datasets/spain_hourly_entsoe.csv")
+
+
+def test_stage_url_source_downloads_caches_and_parses_like_path(workdir: Path, http_server) -> None:
+    data, url = served_export(http_server)
+    sha = hashlib.sha256(data).hexdigest()
+    set_series(workdir, {"source": "url", "url": url, "sha256": sha, "size": len(data)})
+    run(MODULE, workdir)
+    kept = workdir / "data/downloads/series/spain_hourly_entsoe.csv"
+    assert kept.read_bytes() == data
+    from_url = (workdir / "data/raw/series/load.csv").read_bytes()
+    report = json.loads((workdir / "metrics/data_series.json").read_text())
+    assert (report["source"], report["source_file"], report["source_sha256"]) == ("url", url, sha)
+
+    run(MODULE, workdir)  # the kept file matches: no second request
+    assert [r for r in http_server.requests if r[0] == "datasets/spain_hourly_entsoe.csv"] == [
+        ("datasets/spain_hourly_entsoe.csv", None)]
+
+    set_series(workdir, {"source": "path", "path": str(kept)})
+    run(MODULE, workdir)
+    assert (workdir / "data/raw/series/load.csv").read_bytes() == from_url
+    from_path = json.loads((workdir / "metrics/data_series.json").read_text())
+    same = {k: v for k, v in report.items() if k not in ("source", "source_file")}
+    assert same == {k: v for k, v in from_path.items() if k not in ("source", "source_file")}
+
+
+def test_stage_url_checksum_mismatch_is_one_line_and_keeps_outputs(workdir: Path, http_server) -> None:
+    data, url = served_export(http_server)
+    set_series(workdir, {"source": "synthetic", "synthetic": {"start": "2015-01-01", "end": "2015-02-28"}})
+    run(MODULE, workdir)
+    before = {p: p.read_bytes() for p in sorted((workdir / "data/raw").rglob("*")) if p.is_file()}
+    wrong = hashlib.sha256(b"another file").hexdigest()
+    set_series(workdir, {"source": "url", "url": url, "sha256": wrong})
+    result = run(MODULE, workdir, check=False)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {url}: sha256 mismatch: expected {wrong}, got {hashlib.sha256(data).hexdigest()}; "
+                      "the downloaded file was deleted"], result.stderr
+    assert before == {p: p.read_bytes() for p in sorted((workdir / "data/raw").rglob("*")) if p.is_file()}
+    assert sorted(p.name for p in (workdir / "data/downloads/series").iterdir()) == ["README.txt"]
+
+
+def test_stage_url_params_default_to_the_tutorial_file(workdir: Path) -> None:
+    from stages.make_series import SeriesParams
+
+    params = SeriesParams(source="url")
+    assert params.url.endswith("/datasets/load_forecasting/spain_hourly_entsoe.csv")
+    assert params.sha256 == "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
+    set_series(workdir, {"source": "url", "sha256": None})
+    result = run(MODULE, workdir, check=False)
+    assert result.returncode == 2 and "series: sha256: required when source is 'url'" in result.stderr
