@@ -8,7 +8,9 @@ into ``data/downloads/series/``, checked against ``series.sha256`` and reused
 while it matches. Either way the same parser runs.
 
 Input: columns ``Time (CET)`` or ``Time (CET/CEST)`` (or ``Time (UTC)``),
-``Day-ahead Total Load Forecast [MW] - ...`` and ``Actual Total Load [MW] - ...``;
+``Day-ahead Total Load Forecast [MW] - ...`` (the grid operator's forecast,
+optional: without it ``forecast_mw`` is blank, logged, and the load model's
+operator baseline is null) and ``Actual Total Load [MW] - ...``;
 one row per hour, ``DD.MM.YYYY HH:MM - DD.MM.YYYY HH:MM`` in local time.
 Around daylight saving:
 
@@ -151,24 +153,28 @@ def _span(start: dt.datetime, mark_start: str | None, end: dt.datetime, mark_end
     return end - start
 
 
-def _columns(header: list[str], name: str) -> tuple[str, int, int]:
-    """The time column's name and the positions of the forecast and actual columns."""
+def _columns(header: list[str], name: str) -> tuple[str, int | None, int]:
+    """The time column's name and the positions of the forecast (None: absent) and actual columns."""
     header = [h.strip().lstrip("\ufeff") for h in header]
     if not header or header[0] not in TIME_COLUMNS:
         raise StageError(
             f"{name} line 1: first column is {header[0] if header else ''!r}, expected one of "
             f"{', '.join(map(repr, TIME_COLUMNS))} (an ENTSO-E 'Total Load - Day Ahead / Actual' export)"
         )
-    positions = []
+    positions: list[int | None] = []
     for prefix in (FORECAST_PREFIX, ACTUAL_PREFIX):
         found = [i for i, h in enumerate(header) if h.startswith(prefix)]
+        if prefix == FORECAST_PREFIX and not found:
+            log.info("%s: no %r column: forecast_mw stays blank (no operator baseline)", name, prefix)
+            positions.append(None)
+            continue
         if len(found) != 1:
             raise StageError(f"{name} line 1: expected one column starting with {prefix!r}, found {len(found)}")
         positions.append(found[0])
     return header[0], positions[0], positions[1]
 
 
-def _parse_row(row: list[str], header: list[str], i_actual: int, i_forecast: int) -> tuple[dt.datetime, str | None, float, float]:
+def _parse_row(row: list[str], header: list[str], i_actual: int, i_forecast: int | None) -> tuple[dt.datetime, str | None, float, float]:
     """(local start, CET/CEST marker or None, actual, forecast); ValueError says what is wrong."""
     if len(row) != len(header):
         raise ValueError(f"{len(row)} fields, the header has {len(header)}")
@@ -183,6 +189,9 @@ def _parse_row(row: list[str], header: list[str], i_actual: int, i_forecast: int
         raise ValueError(f"not a one-hour interval: {row[0]!r} (this stage reads hourly exports)")
     values = []
     for i in (i_actual, i_forecast):
+        if i is None:  # no forecast column
+            values.append(math.nan)
+            continue
         try:
             values.append(_number(row[i]))
         except ValueError:

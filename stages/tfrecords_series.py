@@ -20,8 +20,19 @@ From the hourly UTC grid ``data/raw/series/load.csv`` (stages/make_series.py):
    the same split becomes one Example: ``inputs`` the ``look_back`` × 24 scaled
    loads before it (day-major), ``target`` its 24 scaled loads. No window
    crosses a split boundary. Also, for baselines and reporting in MW:
-   ``inputs_mw``, ``target_mw``, ``forecast_mw`` (the TSO's day-ahead forecast
-   for the target day), ``target_day`` (ISO date) and ``weekday`` (0 = Monday).
+   ``inputs_mw``, ``target_mw``, ``forecast_mw`` (the grid operator's day-ahead
+   forecast for the target day, **not** filled: NaN for the hours the export
+   had no forecast, all NaN if it has no forecast column), ``target_day`` (ISO
+   date) and ``weekday`` (0 = Monday).
+6. **Calendar.** ``calendar``: what a forecaster knows about each day of the
+   window - the ``look_back`` input days, then the target day - as
+   ``CALENDAR_FEATURES`` per day (day-major, (look_back + 1) x 10 floats):
+   the day of the week one-hot (Monday first), a national-holiday flag of
+   ``country`` (the PyPI ``holidays`` package, national holidays only, no
+   regional ones), and "bridge" flags: the day before / after a holiday
+   (Spain's *puentes*, Christmas Eve). A UTC day is dated by its UTC date
+   (it covers 23 of the 24 hours of the local day in CET/CEST; the same rule
+   for every country's ENTSO-E export, whose clock is CET/CEST).
 
 Outputs: ``data/tfrecords/series/<split>-0000i-of-0000N.tfrecord``,
 ``spec.json`` and ``scaler.json``.
@@ -36,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, load_params
@@ -50,6 +61,8 @@ SCALER_FILE = "scaler.json"
 HOURS = 24
 SPLITS = ("train", "valid", "test")
 COLUMNS = ("timestamp_utc", "load_mw", "forecast_mw")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+CALENDAR_FEATURES = (*(f"weekday_{d}" for d in WEEKDAYS), "holiday", "day_before_holiday", "day_after_holiday")
 
 
 class TfrecordsSeriesParams(Section):
@@ -58,6 +71,17 @@ class TfrecordsSeriesParams(Section):
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, last")
     num_shards: int = Field(1, ge=1, le=999)
     compression: Literal["none", "gzip"] = "none"
+    country: str = Field("ES", description="ISO 3166 code of the country whose national holidays flag the days "
+                         "(the PyPI holidays package)")
+
+    @field_validator("country")
+    @classmethod
+    def _known_country(cls, code: str) -> str:
+        import holidays
+
+        if code not in holidays.list_supported_countries():
+            raise ValueError(f"{code!r} is not a country the holidays package knows (an ISO 3166 alpha-2 code such as 'ES', 'DE', 'FR')")
+        return code
 
     @model_validator(mode="after")
     def _train_left(self) -> "TfrecordsSeriesParams":
@@ -82,7 +106,7 @@ class Split:
     name: str
     dates: list[dt.date]
     load: np.ndarray  # (n, 24) MW, no NaN
-    forecast: np.ndarray  # (n, 24) MW; NaN only if the split has no forecast at all
+    forecast: np.ndarray  # (n, 24) MW, as read: NaN where the export had no day-ahead forecast
     filled_hours: int
     longest_gap_hours: int
 
@@ -164,7 +188,7 @@ def make_splits(days: Days, p: TfrecordsSeriesParams, where: Path) -> list[Split
         load, filled, longest = fill_gaps(days.load[start:stop])
         if np.isnan(load).all():
             raise StageError(f"{where}: the {name} split ({days.dates[start]}..{days.dates[stop - 1]}) has no load values")
-        forecast, _, _ = fill_gaps(days.forecast[start:stop])
+        forecast = days.forecast[start:stop].copy()  # a reference, not an input: never filled
         if np.isnan(forecast).all():
             log.warning("%s split has no day-ahead forecast values: forecast_mw is NaN", name)
         splits.append(Split(name, days.dates[start:stop], load, forecast, filled, longest))
@@ -173,7 +197,12 @@ def make_splits(days: Days, p: TfrecordsSeriesParams, where: Path) -> list[Split
 
 
 def fit_scaler(train: Split) -> dict[str, Any]:
-    """Per-hour-of-day mean and standard deviation of the training loads (population sd, as sklearn)."""
+    """Per-hour-of-day mean and standard deviation of the training loads (population sd, as sklearn).
+
+    ``global``: one mean and standard deviation over every training hour, the
+    tutorial's single StandardScaler (it was fitted on the first 80 % of the
+    series); used only to report a scaled MSE comparable with the tutorial's.
+    """
     mean = train.load.mean(axis=0)
     scale = train.load.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)  # a constant hour: leave it unscaled, as sklearn does
@@ -187,17 +216,37 @@ def fit_scaler(train: Split) -> dict[str, Any]:
         "unit": "MW",
         "mean": mean.tolist(),
         "scale": scale.tolist(),
+        "global": {"mean": float(train.load.mean()), "scale": float(train.load.std())},
     }
 
 
-def windows(split: Split, look_back: int, scaler: dict[str, Any]) -> list[dict[str, Any]]:
+def calendar_features(dates: list[dt.date], country: str) -> np.ndarray:
+    """``(len(dates), len(CALENDAR_FEATURES))`` float32: weekday one-hot, holiday, day before / after a holiday."""
+    import holidays
+
+    if not dates:
+        return np.zeros((0, len(CALENDAR_FEATURES)), np.float32)
+    years = range(dates[0].year - 1, dates[-1].year + 2)
+    national = holidays.country_holidays(country, years=years)  # no subdivision: national holidays only
+    one_day = dt.timedelta(days=1)
+    rows = []
+    for day in dates:
+        weekday = np.eye(7)[day.weekday()]
+        flags = [day in national, day + one_day in national, day - one_day in national]
+        rows.append(np.concatenate([weekday, np.asarray(flags, float)]))
+    return np.asarray(rows, np.float32)
+
+
+def windows(split: Split, look_back: int, scaler: dict[str, Any], country: str = "ES") -> list[dict[str, Any]]:
     """The encoder items of one split: every day with ``look_back`` days before it in the split."""
     mean = np.asarray(scaler["mean"])
     scale = np.asarray(scaler["scale"])
     scaled = (split.load - mean) / scale
+    calendar = calendar_features(split.dates, country)
     items = []
     for i in range(look_back, len(split.dates)):
         items.append({
+            "calendar": calendar[i - look_back:i + 1].ravel(),
             "inputs": scaled[i - look_back:i].ravel(),
             "target": scaled[i],
             "inputs_mw": split.load[i - look_back:i].ravel(),
@@ -213,6 +262,7 @@ def encode_window(item: dict[str, Any]) -> bytes:
     """One serialized Example from a :func:`windows` item."""
     return example({
         "inputs": float_feature(item["inputs"]),
+        "calendar": float_feature(item["calendar"]),
         "target": float_feature(item["target"]),
         "inputs_mw": float_feature(item["inputs_mw"]),
         "target_mw": float_feature(item["target_mw"]),
@@ -240,6 +290,13 @@ def build_spec(splits: list[Split], items: dict[str, list], shards: dict[str, li
             "forecast_mw": {"dtype": "float32", "shape": [HOURS]},
             "target_day": {"dtype": "string", "shape": []},
             "weekday": {"dtype": "int64", "shape": []},
+            "calendar": {"dtype": "float32", "shape": [(p.look_back + 1) * len(CALENDAR_FEATURES)]},
+        },
+        "calendar": {
+            "features": list(CALENDAR_FEATURES),
+            "days": "the look_back input days, then the target day (day-major)",
+            "country": p.country,
+            "holidays": "national holidays of the PyPI holidays package (no regional ones), by UTC date",
         },
         "label_feature": "target",
         "scaler": SCALER_FILE,
@@ -251,6 +308,7 @@ def build_spec(splits: list[Split], items: dict[str, list], shards: dict[str, li
                 "last_day": s.dates[-1].isoformat(),
                 "first_target_day": items[s.name][0]["target_day"],
                 "filled_hours": s.filled_hours,
+                "forecast_complete_target_days": sum(bool(np.isfinite(i["forecast_mw"]).all()) for i in items[s.name]),
                 "longest_gap_hours": s.longest_gap_hours,
                 "files": [path.name for path in shards[s.name]],
             }
@@ -267,7 +325,7 @@ def main() -> None:
     days = whole_days(*read_load(RAW_CSV))
     splits = make_splits(days, p, RAW_CSV)
     scaler = fit_scaler(splits[0])
-    items = {s.name: windows(s, p.look_back, scaler) for s in splits}
+    items = {s.name: windows(s, p.look_back, scaler, p.country) for s in splits}
     with atomic_outputs() as out:
         out_dir = out.directory(OUT_DIR)
         # One process: a few thousand small windows encode faster than a pool starts.

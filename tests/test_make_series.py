@@ -96,6 +96,29 @@ def test_markers_newer_header_and_missing_spellings() -> None:
     assert np.isnan(grid["forecast_mw"].iloc[0]) and found["duplicates"] == 0
 
 
+def test_forecast_column_blanks_and_dst() -> None:
+    # The operator's forecast follows the same UTC hours as the load: blanks stay blank,
+    # the spring row that never happened is dropped, the autumn hour is CEST then CET.
+    spring = SPRING.replace('"21000","21100"', '"","21100"', 1)  # 03:00 CEST: forecast blank
+    grid, _ = hourly_grid(parse_entsoe(spring, "spring.csv"))
+    assert grid["forecast_mw"].tolist()[:4] == [25000, 24000, 23000, 22000]
+    assert np.isnan(grid.loc["2015-03-29 01:00", "forecast_mw"]) and grid.loc["2015-03-29 01:00", "load_mw"] == 21100
+    assert grid.loc["2015-03-29 03:00", "forecast_mw"] == 20000
+    grid, _ = hourly_grid(parse_entsoe(AUTUMN, "autumn.csv"))
+    assert grid["forecast_mw"].tolist() == [24000, 23000, 22000, 21000, 20000, 19000]
+
+
+def test_export_without_a_forecast_column_gives_blank_forecasts(caplog: pytest.LogCaptureFixture) -> None:
+    header = '"Time (CET)","Actual Total Load [MW] - BZN|DE-LU"'
+    text = "\n".join([header, *(f'"{r.split(",")[0][1:-1]}","{r.split(",")[2][1:-1]}"'
+                                   for r in AUTUMN.splitlines()[1:])]) + "\n"
+    with caplog.at_level("INFO"):
+        grid, _ = hourly_grid(parse_entsoe(text, "de.csv"))
+    assert grid["load_mw"].tolist() == [24100, 23100, 22100, 21100, 20100, 19100]
+    assert grid["forecast_mw"].isna().all()
+    assert "no 'Day-ahead Total Load Forecast [MW]' column" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [

@@ -19,6 +19,7 @@ from conftest import copy_project, project_files, run
 from stages.common import tfrecords as T
 from stages.common.cli import StageError
 from stages.common.fer2013_csv import USAGES, read_rows
+from stages.tfrecords_series import CALENDAR_FEATURES, calendar_features
 from tfrecord_reader import read_independently
 
 FACES = {"training": 60, "public_test": 20, "private_test": 20}
@@ -241,6 +242,14 @@ def test_series_windows_stay_inside_their_split_and_are_scaled_with_train_statis
             np.testing.assert_allclose(np.array(record["inputs"]).reshape(5, 24), (inputs_mw - mean) / scale, atol=1e-4)
         days = [r["target_day"][0] for r in records]
         assert days == sorted(days)
+        for record in records[:3]:  # calendar: the 5 input days, then the target day
+            day = dt.date.fromisoformat(record["target_day"][0])
+            window = [day - dt.timedelta(days=5 - k) for k in range(6)]
+            np.testing.assert_array_equal(np.array(record["calendar"]).reshape(6, -1), calendar_features(window, "ES"))
+    assert spec["calendar"]["country"] == "ES" and spec["calendar"]["features"] == list(CALENDAR_FEATURES)
+    assert spec["features"]["calendar"]["shape"] == [6 * len(CALENDAR_FEATURES)]
+    train_load = np.concatenate([np.array(r["target_mw"]) for r in series_records(out, "train")])
+    assert scaler["global"]["scale"] == pytest.approx(train_load.std(), rel=0.02)  # train windows miss its first 5 days
 
 
 def test_series_scaler_ignores_test_values(project: Path) -> None:
@@ -285,3 +294,43 @@ def test_series_too_short_for_look_back_is_one_clear_error() -> None:
     days = Days([dt.date(2015, 1, 1) + dt.timedelta(days=i) for i in range(20)], load, load)
     with pytest.raises(StageError, match=r"load.csv: 20 whole days .* valid \(3 days\)"):
         make_splits(days, TfrecordsSeriesParams(look_back=5), Path("load.csv"))
+
+
+def test_series_calendar_features_of_known_dates() -> None:
+    names = list(CALENDAR_FEATURES)
+    days = [dt.date(2016, 1, d) for d in (5, 6, 7, 10)]  # Tue; Epiphany (Wed), a Spanish national holiday; Thu; Sun
+    features = calendar_features(days, "ES")
+    assert features.shape == (4, len(names)) and features.dtype == np.float32
+    assert [int(np.argmax(f[:7])) for f in features] == [1, 2, 3, 6] and (features[:, :7].sum(axis=1) == 1).all()
+    column = {name: features[:, names.index(name)].tolist() for name in ("holiday", "day_before_holiday", "day_after_holiday")}
+    assert column == {"holiday": [0, 1, 0, 0], "day_before_holiday": [1, 0, 0, 0], "day_after_holiday": [0, 0, 1, 0]}
+    assert calendar_features([dt.date(2018, 3, 30)], "ES")[0, names.index("holiday")] == 1  # Good Friday, movable
+
+
+def test_series_country_param_changes_the_holidays() -> None:
+    from pydantic import ValidationError
+
+    from stages.tfrecords_series import TfrecordsSeriesParams
+
+    holiday = list(CALENDAR_FEATURES).index("holiday")
+    days = [dt.date(2016, 1, 6), dt.date(2016, 10, 3), dt.date(2016, 10, 12)]  # Epiphany, German Unity, Spain's National Day
+    assert calendar_features(days, "ES")[:, holiday].tolist() == [1, 0, 1]
+    assert calendar_features(days, "DE")[:, holiday].tolist() == [0, 1, 0]  # Epiphany is regional in Germany
+    assert TfrecordsSeriesParams(country="FR").country == "FR"
+    with pytest.raises(ValidationError, match="'XX' is not a country the holidays package knows"):
+        TfrecordsSeriesParams(country="XX")
+
+
+def test_series_operator_forecast_is_kept_as_read_not_filled() -> None:
+    from stages.tfrecords_series import Days, TfrecordsSeriesParams, fit_scaler, make_splits, windows
+
+    n_days = 40
+    load = np.full((n_days, 24), 30000.0)
+    forecast = load + 100.0
+    forecast[37, 3:5] = np.nan  # the first test target day (test: days 34..39) has two blank hours
+    days = Days([dt.date(2015, 1, 1) + dt.timedelta(days=i) for i in range(n_days)], load, forecast)
+    train, valid, test = make_splits(days, TfrecordsSeriesParams(look_back=3), Path("load.csv"))
+    items = windows(test, 3, fit_scaler(train))
+    incomplete = [i["target_day"] for i in items if not np.isfinite(i["forecast_mw"]).all()]
+    assert incomplete == ["2015-02-07"]
+    assert np.isnan(items[0]["forecast_mw"][3:5]).all() and items[0]["forecast_mw"][0] == 30100.0

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import copy_project, project_files, run
 from stages.train_load_rnn import (
-    TrainLoadRnnParams, day_profiles, evaluate_forecasts, evenly_spaced, inverse_transform, mae, mape,
+    TrainLoadRnnParams, build_model, day_profiles, evaluate_forecasts, evenly_spaced, inverse_transform, mae, mape,
     naive_last_week, naive_yesterday, skill,
 )
 
@@ -79,9 +79,12 @@ def test_errors_and_skill() -> None:
 
 def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
     look_back = 3
-    scaler = {"mean": [1000.0] * 24, "scale": [100.0] * 24}
+    scaler = {"mean": [1000.0] * 24, "scale": [100.0] * 24, "global": {"mean": 1500.0, "scale": 200.0}}
     valid, test = windows(0, 9, look_back), windows(10, 30, look_back)  # test targets: days 13..30
     test["target"] = (test["target_mw"] - 1000.0) / 100.0
+    test["forecast_mw"] = test["target_mw"] - 20.0  # the operator: 20 MW too low ...
+    test["forecast_mw"][[0, 5]] = np.nan  # ... and blank on two days (day 13, the first test day, is one)
+    test["forecast_mw"][7, 3] = np.nan  # one blank hour also leaves a day out
     # A model that is exactly 50 MW too high on every hour.
     predicted_scaled = (test["target_mw"] + 50.0 - 1000.0) / 100.0
     metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
@@ -89,6 +92,13 @@ def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
     np.testing.assert_allclose(predicted_mw, test["target_mw"] + 50.0)
     assert metrics["test_mae_mw"] == pytest.approx(50.0)
     assert metrics["test_mse_scaled"] == pytest.approx(0.25)
+    assert metrics["test_rmse_mw"] == pytest.approx(50.0)
+    assert metrics["test_mse_global_scaler"] == pytest.approx(50.0**2 / 200.0**2)  # MSE in MW / one global variance
+    assert metrics["operator_forecast_days"] == 15  # 18 test days, 3 with a blank forecast hour
+    assert metrics["operator_forecast_mae_mw"] == pytest.approx(20.0)
+    kept = np.setdiff1d(np.arange(18), [0, 5, 7])
+    assert metrics["operator_forecast_mape"] == pytest.approx(mape(test["target_mw"][kept], test["target_mw"][kept] - 20))
+    assert metrics["test_mae_mw_operator_days"] == pytest.approx(50.0)
     assert metrics["naive_yesterday_mae_mw"] == pytest.approx(100.0)
     assert metrics["naive_last_week_mae_mw"] == pytest.approx(700.0)
     assert metrics["skill_vs_best_naive"] == pytest.approx(0.5)
@@ -99,6 +109,27 @@ def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
     assert keep.tolist() == [False] * 4 + [True] * 14 and metrics["test_days"] == 14
     assert metrics["naive_last_week_mae_mw"] == pytest.approx(700.0)
     assert metrics["test_mae_mw"] == pytest.approx(50.0)
+    assert metrics["operator_forecast_days"] == 12  # only kept days count: day 13 (dropped) no longer among them
+
+    # An export without the forecast column: the operator baseline is null, the rest unchanged.
+    test["forecast_mw"] = np.full_like(test["target_mw"], np.nan)
+    metrics, _, _ = evaluate_forecasts(predicted_scaled, test, valid, scaler)
+    assert metrics["operator_forecast_days"] == 0
+    assert metrics["operator_forecast_mae_mw"] is None and metrics["operator_forecast_mape"] is None
+    assert metrics["test_mae_mw"] == pytest.approx(50.0)
+
+
+def test_calendar_model_keeps_the_tutorials_layers() -> None:
+    p = TrainLoadRnnParams()
+    with_calendar, plain = build_model(5, p, n_calendar=10), build_model(5, p)
+    for model in (with_calendar, plain):
+        layers = {layer.name: layer for layer in model.layers}
+        assert layers["lstm"].units == 16 and layers["hidden"].units == 16 and layers["next_day"].units == 24
+    # The calendar adds 10 inputs per LSTM step and 10 to the hidden layer's input: nothing else.
+    lstm_extra = 4 * 16 * 10
+    assert with_calendar.count_params() - plain.count_params() == lstm_extra + 16 * 10
+    out = with_calendar({"days": np.zeros((2, 5, 24), np.float32), "calendar": np.zeros((2, 6, 10), np.float32)})
+    assert tuple(out.shape) == (2, 24)
 
 
 # --- the stage on the default synthetic series ------------------------------------------------------
@@ -120,7 +151,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_stage_beats_the_seasonal_naive_baselines(project: Path) -> None:
     metrics = json.loads((project / "metrics/load_forecast.json").read_text())
-    assert metrics["skill_vs_best_naive"] > 0.2, metrics  # the quality gate (≈ 0.43 with the defaults)
+    assert metrics["skill_vs_best_naive"] > 0.2, metrics  # the quality gate
+    for key in ("test_rmse_mw", "test_mse_global_scaler", "valid_mae_mw", "operator_forecast_mae_mw",
+                "operator_forecast_mape", "test_mae_mw_operator_days"):
+        assert np.isfinite(metrics[key]) and metrics[key] > 0, key
+    assert 0 < metrics["operator_forecast_days"] <= metrics["test_days"]
+    assert metrics["operator_forecast_mape"] < 3.0  # the sample's forecast: actual x (1 + ~1.5 % AR(1) noise)
     assert metrics["test_mae_mw"] < min(metrics["naive_yesterday_mae_mw"], metrics["naive_last_week_mae_mw"])
     spec = json.loads((project / "data/tfrecords/series/spec.json").read_text())
     assert metrics["test_days"] == spec["splits"]["test"]["examples"]  # every test day is scored
@@ -151,6 +187,7 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     resumed, history = train_model(p, 7, data, tmp_path, on_epoch_end=lambda epoch, logs: seen.append(epoch))
     assert seen == [2]  # only the missing epoch ran
     for a, b in zip(history, reference_history):
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+        # The resumed epochs' logs come from the checkpoint's history.json, rounded to 6 decimals.
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-6)
     for a, b in zip(resumed.model.weights, reference.model.weights):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)

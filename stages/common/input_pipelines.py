@@ -33,7 +33,9 @@ Batches:
 - images (FER2013): ``(float32 (b, 48, 48, 1) in [0, 1], int64 label (b,))``;
 - series: ``(float32 (b, look_back, 24) scaled inputs, float32 (b, 24) scaled target)``;
   ``metadata=True`` makes the features a dict with ``inputs`` and the MW values,
-  ``target_day`` and ``weekday`` (for baselines and reports);
+  ``target_day`` and ``weekday`` (for baselines and reports), plus ``calendar``
+  (b, look_back + 1, k) when the spec declares it; ``calendar=True`` makes them
+  ``{"days": inputs, "calendar": calendar}`` (the load forecaster's two inputs);
 - text (IMDB): ``({"token_indexes": int64 (b, T) padded with 0, "sequence_length": int64 (b,)},
   int64 target (b,))``, T the longest review of the batch; ``bucket_boundaries``
   groups reviews of similar length (``bucket_by_sequence_length``) to pad less.
@@ -281,16 +283,23 @@ def series_batches(
     shuffle_buffer: int | None = None,
     drop_remainder: bool = False,
     metadata: bool = False,
+    calendar: bool = False,
     cache: bool = True,
 ) -> tf.data.Dataset:
     """Load windows: ``(inputs (b, look_back, 24), target (b, 24))``, both scaled float32.
 
     With ``metadata`` the features are a dict: ``inputs`` as above plus
     ``inputs_mw`` (b, look_back, 24), ``target_mw`` and ``forecast_mw`` (b, 24)
-    in MW, ``target_day`` (ISO date strings) and ``weekday`` (0 = Monday).
+    in MW, ``target_day`` (ISO date strings) and ``weekday`` (0 = Monday), and
+    ``calendar`` (b, look_back + 1, k) if the spec declares calendar features.
+    With ``calendar`` (and no ``metadata``) the features are
+    ``{"days": inputs, "calendar": calendar}``.
     """
     spec = read_spec(Path(data_dir))
     look_back, hours = int(spec["look_back"]), int(spec["hours_per_day"])
+    n_calendar = len(spec.get("calendar", {}).get("features", []))
+    if calendar and not n_calendar:
+        raise StageError(f"{Path(data_dir) / 'spec.json'}: no calendar features (re-run tfrecords_series)")
     files = dataset_files(data_dir, split)
     window, day = [look_back * hours], [hours]
     features = {
@@ -302,16 +311,24 @@ def series_batches(
         "target_day": tf.io.FixedLenFeature([], tf.string),
         "weekday": tf.io.FixedLenFeature([], tf.int64),
     }
+    if n_calendar:
+        features["calendar"] = tf.io.FixedLenFeature([(look_back + 1) * n_calendar], tf.float32)
 
     def parse_windows(batch: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(batch, features)  # vectorized: much faster than per record
         for name in ("inputs", "inputs_mw"):
             parsed[name] = tf.reshape(parsed[name], [-1, look_back, hours])
+        if n_calendar:
+            parsed["calendar"] = tf.reshape(parsed["calendar"], [-1, look_back + 1, n_calendar])
         return parsed
 
     def split_label(parsed: dict[str, Any]) -> tuple[Any, Any]:
         target = parsed.pop("target")
-        return (parsed if metadata else parsed["inputs"]), target
+        if metadata:
+            return parsed, target
+        if calendar:
+            return {"days": parsed["inputs"], "calendar": parsed["calendar"]}, target
+        return parsed["inputs"], target
 
     dataset = _examples(files, parse_windows, shuffle_seed=shuffle_seed, epoch=epoch,
                         shuffle_buffer=shuffle_buffer, cache=cache, select=split_label)
