@@ -187,6 +187,27 @@ def test_bad_params_fail_with_one_line_and_keep_outputs(repo: Path) -> None:
     assert status(repo) == set()
 
 
+def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, tmp_path: Path) -> None:
+    """`make real`'s command with a tiny recipe: a DVC experiment beside the workspace, its results kept."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("simple_nn:\n  epochs: 40\n")
+    kept = tmp_path / "results"
+    result = run(["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny",
+                  "--results", str(kept)], repo)
+    assert ran_stages(result.stdout) == ["simple_nn"]
+    assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
+    assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
+    assert yaml.safe_load((kept / "recipe.yaml").read_text()) == {"simple_nn.epochs": 40}
+    info = json.loads((kept / "run.json").read_text())
+    assert set(info["stage_seconds"]) == {"simple_nn"} and info["machine"]["cores"]
+    assert any(name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix()
+                                                                for p in kept.rglob("*.png")))
+    # The workspace keeps the default run; the experiment is listed beside it.
+    assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 500
+    assert status(repo) == set()
+    assert '"tiny"' in run(["dvc", "exp", "show", "--json"], repo).stdout
+
+
 def test_remote_push_then_pull_into_a_fresh_clone_runs_nothing(repo: Path, tmp_path: Path) -> None:
     """The DVC way to share outputs: push to a remote (a local folder here), pull in another clone."""
     remote = tmp_path / "remote"
