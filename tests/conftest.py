@@ -24,10 +24,16 @@ def stage_env() -> dict[str, str]:
 
 
 def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command in ``cwd`` (with ``env`` added to the environment); on an unexpected failure show its output."""
-    result = subprocess.run(args, cwd=cwd, env={**stage_env(), **(env or {})}, capture_output=True, text=True,
-                            timeout=timeout)
+        env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """Run a command in ``cwd`` (``env`` set in, or with None removed from, the environment); on an
+    unexpected failure show its output."""
+    environment = stage_env()
+    for key, value in (env or {}).items():
+        if value is None:
+            environment.pop(key, None)
+        else:
+            environment[key] = value
+    result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
     return result

@@ -21,6 +21,8 @@ import yaml
 
 from conftest import copy_project, project_files, run
 
+from stages.common.numerics import PINNED
+
 STAGE = "train_emotion_cnn"
 OUTPUTS = ("metrics/emotion_cnn.json", "models/emotion_cnn", "plots/train_emotion_cnn")
 # The imitated smaller machine: what each library would see on an AVX2-only CPU.
@@ -62,8 +64,11 @@ def train_on(project: Path, dest: Path, mode: str, older: bool) -> dict[str, str
     """Run the stage in a copy of ``project`` as one imitated machine; the digests of its outputs."""
     shutil.copytree(project, dest)
     prefix = ["taskset", "-c", "0"] if older else []
-    run([*prefix, "python", "-m", f"stages.{STAGE}"], dest,
-        env={"EAGER_PIPELINE_NUMERICS": mode, **(OLDER_CPU if older else {})})
+    # This test process pinned its own environment when it imported `stages`; the child must
+    # start from the host's view, or `fast` would inherit the pins.
+    env: dict[str, str | None] = {key: None for key in PINNED}
+    env.update({"EAGER_PIPELINE_NUMERICS": mode, **(OLDER_CPU if older else {})})
+    run([*prefix, "python", "-m", f"stages.{STAGE}"], dest, env=env)
     return digests(dest)
 
 
