@@ -97,3 +97,48 @@ def test_spawned_worker_processes_write_through_the_filter(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert sorted(lines) == ["14", "worker 0", "worker 1", "worker 2", "worker 3"]
+
+
+def test_on_a_terminal_the_stage_still_sees_a_terminal_and_draws_its_bars(tmp_path: Path) -> None:
+    """stderr a terminal (a pty here): the filter hands the stage a pty, so tqdm (disable=None) still draws."""
+    import pty
+
+    script = tmp_path / "stage_like.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from tqdm import tqdm
+        from stages.common.cli import run_stage
+
+        def main():
+            print("isatty", sys.stderr.isatty(), file=sys.stderr)
+            os.write(2, b"I0000 port.cc:153] oneDNN custom operations are on.\\n")
+            for _ in tqdm(range(3), desc="bar", disable=None):
+                pass
+
+        run_stage(main, "stage_like", lock=False)
+    """))
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing in 0 columns
+    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(timeout=60) == 0
+    text = output.decode()
+    assert "isatty True" in text and "\rbar:   0%" in text and "\rbar: 100%" in text
+    assert "oneDNN" not in text
+    # As wide as the terminal (tqdm leaves its last column free): the size is passed on.
+    assert len(text.split("\rbar: 100%")[1].split("\r")[0]) + len("bar: 100%") == 99

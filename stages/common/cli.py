@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import logging
 import os
@@ -89,7 +90,12 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
                 write(pending)
                 pending = b""
             continue
-        chunk = os.read(fd_in, 65536)
+        try:
+            chunk = os.read(fd_in, 65536)
+        except OSError as exc:  # a pty's master reads EIO once every slave is closed: its EOF
+            if exc.errno != errno.EIO:
+                raise
+            chunk = b""
         if not chunk:
             break
         pending += chunk
@@ -115,7 +121,21 @@ def _filter_startup_noise() -> None:
         real = os.dup(2)
     except OSError:  # no stderr at all: nothing to filter
         return
-    read_end, write_end = os.pipe()
+    if os.isatty(real):
+        # A terminal: hand the stage a pseudo-terminal of the same size, so whatever asks
+        # isatty() (tqdm's bars: disable=None) behaves as on the terminal itself. Raw mode:
+        # the bytes pass unchanged (no \n -> \r\n).
+        import termios
+        import tty
+
+        read_end, write_end = os.openpty()
+        tty.setraw(write_end)
+        try:
+            fcntl.ioctl(write_end, termios.TIOCSWINSZ, fcntl.ioctl(real, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            pass
+    else:
+        read_end, write_end = os.pipe()
     try:
         helper = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), "--filter-stderr"],
                                   stdin=read_end, stdout=real, stderr=real, close_fds=True)
