@@ -314,6 +314,37 @@ def test_queued_experiments_show_side_by_side_and_apply(repo: Path) -> None:
     assert status(repo) == set()
 
 
+MODEL_SECTIONS = ("simple_nn", "metrics_demo.multiclass", "metrics_demo.imbalanced", "metrics_demo.regression",
+                  "save_restore", "train_load_rnn", "train_emotion_cnn", "train_sentiment_rnn", "gate")
+
+
+@pytest.mark.parametrize("section", MODEL_SECTIONS)
+def test_every_model_param_can_be_set_with_exp_run_set_param(section: str, tmp_path: Path) -> None:
+    """`dvc exp run -S key=value` (DVC's own override code) gives each stage the type its params model wants."""
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.common.params import read_params_file
+    from stages.real_data import flatten as flatten_params, set_param_args
+    from stages.report import SECTIONS
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    model = SECTIONS[section]
+    for key, value in flatten_params(node).items():  # each param, typed as a user would type it
+        copy = tmp_path / "params.yaml"
+        copy.write_text((ROOT / "params.yaml").read_text())
+        changed = value * 2 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        args = set_param_args({f"{section}.{key}": changed})
+        apply_overrides(copy, [args[1]])
+        result = read_params_file(copy)  # as the stage reads it
+        for part in section.split("."):
+            result = result[part]
+        validated = model.model_validate(result)  # strict: a string where a number belongs would fail here
+        assert flatten_params(validated.model_dump())[key] == changed, (key, args[1])
+
+
 def test_readme_shows_the_current_dag() -> None:
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"```mermaid\n(.*?)```", readme, re.S)
