@@ -142,3 +142,25 @@ def test_on_a_terminal_the_stage_still_sees_a_terminal_and_draws_its_bars(tmp_pa
     assert "oneDNN" not in text
     # As wide as the terminal (tqdm leaves its last column free): the size is passed on.
     assert len(text.split("\rbar: 100%")[1].split("\r")[0]) + len("bar: 100%") == 99
+
+
+def test_ctrl_c_still_prints_the_interrupted_line(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (as a terminal's Ctrl-C): the filter outlives the stage's last words."""
+    script = tmp_path / "stage_like.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from stages.common.cli import run_stage
+
+        def main():
+            print("started", file=sys.stderr, flush=True)
+            time.sleep(60)
+
+        run_stage(main, "stage_like", lock=False)
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    assert process.stderr.readline() == b"started\n"
+    os.killpg(process.pid, 2)  # SIGINT to the stage and its filter
+    rest = process.stderr.read()
+    assert process.wait(timeout=30) == 130
+    assert rest == b"stage_like: interrupted; outputs left as they were\n"

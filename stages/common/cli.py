@@ -78,9 +78,15 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
 
     A line ends at ``\n`` or ``\r`` (so progress bars pass as they are drawn).
     """
+    broken = False
+
     def write(data: bytes) -> None:
-        while data:
-            data = data[os.write(fd_out, data):]
+        nonlocal broken
+        try:
+            while data and not broken:
+                data = data[os.write(fd_out, data):]
+        except OSError:  # the reader went away (a closed terminal or pipe): keep draining, so no writer blocks
+            broken = True
 
     pending = b""
     while True:
@@ -195,5 +201,8 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--filter-stderr"]:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: keep draining until the stage has said its last
+    # Ctrl-C or a SIGTERM sent to the process group: keep draining until the stage (which
+    # handles them) has said its last; EOF ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     filter_stream(0, 1)
