@@ -7,7 +7,7 @@
 The recipe (every param that differs from params.yaml's sample defaults: the
 data sources and the real-data training recipes, each with its reason) lives in
 ``recipes/real-data.yaml``. This command turns it into
-``dvc exp run --temp --name NAME --set-param key=value ...``: the experiment runs
+``dvc exp run --temp --allow-missing --name NAME --set-param key=value ...``: the experiment runs
 in a temporary copy, so the workspace keeps the sample run, and ``dvc exp show``
 puts the two side by side (``dvc exp apply NAME`` or ``dvc exp branch NAME``
 takes it over). Paths given here replace the recipe's sources by
@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         path = values.get(f"{section}.path")
         if values.get(f"{section}.source") == "path" and (not path or not Path(path).exists()):
             raise StageError(f"{section}.path: {path}: not found")
-    command = ["dvc", "exp", "run", "--temp", "--name", args.name, *set_param_args(values)]
+    # --allow-missing: the temporary copy lacks the git-ignored, uncached scratch outs (checkpoints/,
+    # data/downloads/); without it every stage owning one reruns, whatever the recipe changes.
+    command = ["dvc", "exp", "run", "--temp", "--allow-missing", "--name", args.name, *set_param_args(values)]
     print(" ".join(command if len(command) < 40 else command[:8] + ["..."]), flush=True)
     if args.dry_run:
         for key, value in values.items():

@@ -364,12 +364,12 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     kept = tmp_path / "results"
     result = run(["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny",
                   "--results", str(kept)], repo)
-    assert ran_stages(result.stdout) == ["simple_nn"]
+    assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
     assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
     assert yaml.safe_load((kept / "recipe.yaml").read_text()) == {"simple_nn.epochs": 40}
     info = json.loads((kept / "run.json").read_text())
-    assert set(info["stage_seconds"]) == {"simple_nn"} and info["machine"]["cores"]
+    assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
     assert any(name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix()
                                                                 for p in kept.rglob("*.png")))
     # The workspace keeps the default run; the experiment is listed beside it.
