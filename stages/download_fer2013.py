@@ -434,7 +434,7 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
         path = Path(p.path)
         if not path.exists():
             raise StageError(f"params.yaml: fer2013.path: {p.path}: file not found")
-        return path, p.path, p.path
+        return path, p.path, path.name  # the report names a local file, not the user's folders
     if p.source == "url":
         path = fetch_url(p.url, p.sha256, p.size)
         return path, path.name, p.url

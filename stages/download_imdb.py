@@ -268,7 +268,10 @@ def token_stats(counts: list[int]) -> dict[str, float]:
 
 
 def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dict:
-    origin = {"sample": None, "url": p.url, "path": p.path}[p.source]
+    # A local path is named by its file (or folder) name only: the report is committed, and
+    # the user's home folder is neither reproducible nor anyone else's business (the sha256 says which).
+    local = os.path.basename(os.path.normpath(p.path)) if p.path else None
+    origin = {"sample": None, "url": p.url, "path": local}[p.source]
     all_tokens = [t for counts in report.tokens.values() for t in counts]
     return {
         "source": p.source,

@@ -396,7 +396,8 @@ def main() -> None:
     parsed = parse_entsoe(text, name, p.on_bad_row)
     grid, found = hourly_grid(parsed)
     check_gaps(grid, name, p.max_gap_hours)
-    data_report = report(p.source, name, data, parsed, grid, found)
+    # A local file is named by its name only in the committed report (the sha256 says which).
+    data_report = report(p.source, Path(name).name if p.source == "path" else name, data, parsed, grid, found)
     with atomic_outputs() as out:
         folder = out.directory(OUT_DIR)
         if p.source == "synthetic":

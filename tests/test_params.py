@@ -91,3 +91,13 @@ def test_stage_exits_nonzero_with_one_line_and_keeps_outputs(workdir: Path, para
 def test_impossible_unquoted_date_is_one_line(workdir: Path) -> None:
     (workdir / "params.yaml").write_text("seed: 1\nsimple_nn:\n  start: 2015-13-01\n", encoding="utf-8")
     assert "params.yaml: invalid value" in error_of(workdir / "params.yaml")
+
+
+def test_a_float_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    """`dvc exp run -S simple_nn.learning_rate=1e-5` writes `1e-05`, which YAML 1.1 would read as a string."""
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 42\nsimple_nn:\n  learning_rate: 1e-05\n  checkpoint_every_s: 6E+1\n", encoding="utf-8")
+    _, p = load_params("simple_nn", SimpleNNParams, path)
+    assert p.learning_rate == 1e-05 and p.checkpoint_every_s == 60.0
+    path.write_text("seed: 42\nsimple_nn:\n  learning_rate: '1e-05'\n", encoding="utf-8")  # quoted: still a string
+    assert "simple_nn.learning_rate: must be a valid number (got '1e-05')" in error_of(path)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ import yaml
 
 from conftest import ROOT, copy_project, run
 from stage_imports import stage_code_files
+from stages.common.cli import STARTUP_NOISE
 
 pytestmark = pytest.mark.dvc
 
-OUTPUT_ROOTS = ("data", "models", "metrics", "plots")
-COMMITTED_OUTPUTS = ("metrics", "plots")  # in git beside dvc.lock
+OUTPUT_ROOTS = ("data", "models", "metrics", "plots", "reports")
+COMMITTED_OUTPUTS = ("metrics", "plots", "reports")  # in git beside dvc.lock
 
 
 def ran_stages(output: str) -> list[str]:
@@ -58,6 +60,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = copy_project(tmp_path_factory.mktemp("pipeline") / "repo")
     result = run(["dvc", "repro"], path)
     path.with_name("first_run.log").write_text(result.stdout)
+    path.with_name("first_run.err").write_text(result.stderr)
     changed = subprocess.run(["git", "status", "--porcelain"], cwd=path, check=True, capture_output=True, text=True)
     path.with_name("first_run.status").write_text(changed.stdout)
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
@@ -105,8 +108,8 @@ def test_fresh_clone_runs_every_stage_and_second_repro_is_a_noop(repo: Path) -> 
     ran = set(ran_stages(repo.with_name("first_run.log").read_text()))
     # A stage whose outputs are all committed to git (plots only) and whose inputs come back
     # byte-identical is rightly up to date; every other stage must have run.
+    # (inspect_batches, gate and report write only such files.)
     assert stages_with_cached_outs(repo) <= ran <= set(stage_commands(repo))
-    assert len(ran) >= len(stage_commands(repo)) - 1
     second = run(["dvc", "repro"], repo)
     assert ran_stages(second.stdout) == []
     assert status(repo) == set()
@@ -128,14 +131,14 @@ def test_param_change_reruns_only_that_stage_and_metrics_diff_shows_it(repo: Pat
     params["simple_nn"]["epochs"] = 50
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        assert status(repo) == {"simple_nn"}
+        assert status(repo) == {"simple_nn", "report"}  # the report lists params that differ from the defaults
         result = run(["dvc", "repro"], repo)
-        assert ran_stages(result.stdout) == ["simple_nn"]
+        assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]  # and what reads its metrics
         diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", "--json"], repo).stdout)
         changed = diff["metrics/simple_nn.json"]
         assert changed["epochs"] == {"old": 500, "new": 50, "diff": -450}
         assert changed["train_loss"]["new"] > changed["train_loss"]["old"]
-        assert set(diff) == {"metrics/simple_nn.json"}
+        assert set(diff) == {"metrics/simple_nn.json"}  # (gate.json: its pass/fail counts are the same)
     finally:
         params_file.write_text(original)
         run(["dvc", "repro"], repo)
@@ -187,6 +190,171 @@ def test_bad_params_fail_with_one_line_and_keep_outputs(repo: Path) -> None:
     assert status(repo) == set()
 
 
+def test_stage_log_has_no_tensorflow_start_up_lines(repo: Path) -> None:
+    """Each stage's own lines stand alone: TensorFlow's start-up chatter is filtered (stages/common/cli.py)."""
+    err = repo.with_name("first_run.err").read_text()
+    assert [line for line in err.splitlines() if any(pattern in line for pattern in STARTUP_NOISE)] == []
+    assert "simple_nn: epoch 1 loss" in err and "gate: all" in err
+
+
+def set_params(repo: Path, changes: dict[str, object]) -> None:
+    """``{"a.b": value}`` into params.yaml."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def gate_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("gate:")]
+
+
+def test_gate_stops_repro_on_a_regressed_model_and_passes_once_restored(repo: Path) -> None:
+    params_file = repo / "params.yaml"
+    original = params_file.read_text()
+    before = output_hashes(repo)
+    try:
+        set_params(repo, {"simple_nn.epochs": 1})  # a barely trained model
+        result = run(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0
+        assert ran_stages(result.stdout)[-2:] == ["simple_nn", "gate"]  # the report does not run
+        loss = json.loads((repo / "metrics/simple_nn.json").read_text())["train_loss"]
+        assert gate_lines(result.stderr) == [f"gate: simple_nn metrics/simple_nn.json train_loss {loss:g} > ceiling 0.3"]
+        record = json.loads((repo / "metrics/gate.json").read_text())  # written: the record of why
+        assert record["passed"] is False and record["checks_failed"] == 1
+
+        # A floor raised above the value fails too (the model itself unchanged).
+        params_file.write_text(original)
+        set_params(repo, {"gate.train_emotion_cnn.floor.test_accuracy": 0.99})
+        result = run(["dvc", "repro"], repo, check=False)
+        assert result.returncode != 0
+        accuracy = json.loads((repo / "metrics/emotion_cnn.json").read_text())["test_accuracy"]
+        assert gate_lines(result.stderr) == [
+            f"gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy {accuracy:g} < floor 0.99"]
+    finally:
+        params_file.write_text(original)
+    result = run(["dvc", "repro"], repo)
+    assert gate_lines(result.stderr) == [f"gate: all {len(json.loads((repo / 'metrics/gate.json').read_text())['checks'])} "
+                                         "checks passed"]
+    assert output_hashes(repo) == before
+    assert status(repo) == set()
+
+
+def test_report_names_every_metrics_file_links_the_plots_and_repeats_byte_for_byte(repo: Path) -> None:
+    summary = repo / "reports/summary.md"
+    first = summary.read_bytes()
+    text = first.decode()
+    for file in sorted((repo / "metrics").glob("*.json")):
+        assert f"metrics/{file.name}" in text, file.name
+    links = re.findall(r"\]\(\.\./(plots/[^)]+\.png)\)", text)
+    assert links and all((repo / link).is_file() for link in links)
+    assert sorted(links) == sorted(p.relative_to(repo).as_posix() for p in (repo / "plots").rglob("*.png"))
+    assert "Quality gate: **passed**" in text and "**FAIL**" not in text
+    assert "None: every stage ran at its defaults." in text
+    run(["python", "-m", "stages.report"], repo)
+    assert summary.read_bytes() == first
+    assert status(repo) == set()
+
+
+def find_experiments(tree: object, names: set[str]) -> dict[str, dict]:
+    """The entries of `dvc exp show --json` named in ``names`` (wherever DVC nests them)."""
+    found: dict[str, dict] = {}
+    if isinstance(tree, dict):
+        if tree.get("name") in names and isinstance(tree.get("data"), dict):
+            found[tree["name"]] = tree["data"]
+        for value in tree.values():
+            found.update(find_experiments(value, names))
+    elif isinstance(tree, list):
+        for value in tree:
+            found.update(find_experiments(value, names))
+    return found
+
+
+def test_queued_experiments_show_side_by_side_and_apply(repo: Path) -> None:
+    """`dvc exp run --queue -S`, `dvc queue start`, `dvc exp show`, `dvc exp apply`: the README's workflow."""
+    names = {"epochs50": 50, "epochs60": 60}
+    try:
+        for name, epochs in names.items():
+            run(["dvc", "exp", "run", "--queue", "--name", name,
+                 "-S", f"simple_nn.epochs={epochs}"], repo)
+        run(["dvc", "queue", "start"], repo)
+        deadline = time.monotonic() + 600
+        while True:
+            rows = [line.split() for line in run(["dvc", "queue", "status"], repo).stdout.splitlines()]
+            states = {row[1]: row[-1] for row in rows if len(row) >= 3 and row[1] in names}
+            if len(states) == len(names) and all(s in ("Success", "Failed") for s in states.values()):
+                break
+            assert time.monotonic() < deadline, f"queue still busy: {states}"
+            time.sleep(3)
+        logs = run(["dvc", "queue", "logs", "epochs50"], repo, check=False).stdout
+        assert states == {name: "Success" for name in names}, logs
+        assert ran_stages(logs) == ["simple_nn", "gate", "report"], logs  # only what the param changes
+
+        shown = find_experiments(json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout), set(names))
+        assert set(shown) == set(names)
+        for name, epochs in names.items():
+            params = shown[name]["params"]["params.yaml"]["data"]
+            metrics = shown[name]["metrics"]
+            assert params["simple_nn"]["epochs"] == epochs
+            assert metrics["metrics/simple_nn.json"]["data"]["epochs"] == epochs
+            assert metrics["metrics/gate.json"]["data"]["passed"] is True
+
+        run(["dvc", "exp", "apply", "epochs60"], repo)
+        assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 60
+        applied = json.loads((repo / "metrics/simple_nn.json").read_text())
+        assert applied["epochs"] == 60 and applied["train_loss"] > 0.1  # not the 500-epoch model's 0.03
+        assert status(repo) == set()  # the experiment's outputs came with it
+    finally:
+        run(["dvc", "queue", "stop"], repo, check=False)
+        subprocess.run(["git", "checkout", "--", "."], cwd=repo, check=True)
+        run(["dvc", "checkout"], repo)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 500
+    assert status(repo) == set()
+
+
+MODEL_SECTIONS = ("simple_nn", "metrics_demo.multiclass", "metrics_demo.imbalanced", "metrics_demo.regression",
+                  "save_restore", "train_load_rnn", "train_emotion_cnn", "train_sentiment_rnn", "gate")
+
+
+@pytest.mark.parametrize("section", MODEL_SECTIONS)
+def test_every_model_param_can_be_set_with_exp_run_set_param(section: str, tmp_path: Path) -> None:
+    """`dvc exp run -S key=value` (DVC's own override code) gives each stage the type its params model wants."""
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.common.params import read_params_file
+    from stages.real_data import flatten as flatten_params, set_param_args
+    from stages.report import SECTIONS
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    model = SECTIONS[section]
+    for key, value in flatten_params(node).items():  # each param, typed as a user would type it
+        copy = tmp_path / "params.yaml"
+        copy.write_text((ROOT / "params.yaml").read_text())
+        changed = value * 2 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        args = set_param_args({f"{section}.{key}": changed})
+        apply_overrides(copy, [args[1]])
+        result = read_params_file(copy)  # as the stage reads it
+        for part in section.split("."):
+            result = result[part]
+        validated = model.model_validate(result)  # strict: a string where a number belongs would fail here
+        assert flatten_params(validated.model_dump())[key] == changed, (key, args[1])
+
+
+def test_readme_shows_the_current_dag() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```mermaid\n(.*?)```", readme, re.S)
+    assert block, "README.md: no ```mermaid block"
+    dag = run(["dvc", "dag", "--mermaid"], ROOT).stdout
+    assert block.group(1).strip() == dag.strip(), "README.md's DAG is stale: paste `dvc dag --mermaid` into it"
+
+
 def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, tmp_path: Path) -> None:
     """`make real`'s command with a tiny recipe: a DVC experiment beside the workspace, its results kept."""
     recipe = tmp_path / "recipe.yaml"
@@ -194,12 +362,12 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     kept = tmp_path / "results"
     result = run(["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny",
                   "--results", str(kept)], repo)
-    assert ran_stages(result.stdout) == ["simple_nn"]
+    assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
     assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
     assert yaml.safe_load((kept / "recipe.yaml").read_text()) == {"simple_nn.epochs": 40}
     info = json.loads((kept / "run.json").read_text())
-    assert set(info["stage_seconds"]) == {"simple_nn"} and info["machine"]["cores"]
+    assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
     assert any(name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix()
                                                                 for p in kept.rglob("*.png")))
     # The workspace keeps the default run; the experiment is listed beside it.

@@ -25,7 +25,7 @@ def test_pipeline_has_the_tutorial_stages() -> None:
                 "metrics_demo@regression", "save_restore", "download_imdb", "download_fer2013", "make_series",
                 "tfrecords_imdb", "tfrecords_fer2013", "tfrecords_series", "inspect_batches", "train_load_rnn",
                 "train_emotion_cnn",
-                "train_sentiment_rnn"}
+                "train_sentiment_rnn", "gate", "report"}
     assert expected <= set(STAGES)
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
 import fcntl
 import logging
 import os
 import re
+import select
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -13,6 +18,27 @@ from typing import NoReturn
 # TensorFlow prints several lines of C++ start-up chatter per process; a stage
 # only wants warnings and errors. Set before any module imports tensorflow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Lines TensorFlow (absl, CUDA stubs, oneDNN) prints at start-up on any machine without a
+# GPU, some before absl reads TF_CPP_MIN_LOG_LEVEL or at ERROR level, so no setting hides
+# them. run_stage drops exactly these (substring match, whole lines); everything else on
+# stderr passes unchanged. EAGER_PIPELINE_TF_LOG=1 shows them.
+TF_LOG_SWITCH = "EAGER_PIPELINE_TF_LOG"
+STARTUP_NOISE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning: Could not find TensorRT",
+)
+_NOISE = re.compile("|".join(re.escape(s) for s in STARTUP_NOISE).encode())
+_PARTIAL_WAIT_S = 0.2  # an unterminated line (a tqdm bar's \r update) is shown after this pause
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -47,6 +73,103 @@ def _lock(name: str) -> int:
     return fd
 
 
+def filter_stream(fd_in: int, fd_out: int) -> None:
+    """Copy ``fd_in`` to ``fd_out`` until EOF, dropping whole lines that match :data:`STARTUP_NOISE`.
+
+    A line ends at ``\n`` or ``\r`` (so progress bars pass as they are drawn).
+    """
+    broken = False
+
+    def write(data: bytes) -> None:
+        nonlocal broken
+        try:
+            while data and not broken:
+                data = data[os.write(fd_out, data):]
+        except OSError:  # the reader went away (a closed terminal or pipe): keep draining, so no writer blocks
+            broken = True
+
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd_in], [], [], _PARTIAL_WAIT_S if pending else None)
+        if not ready:  # a partial line and a pause: show it (unless it is noise still being written)
+            if not _NOISE.search(pending):
+                write(pending)
+                pending = b""
+            continue
+        try:
+            chunk = os.read(fd_in, 65536)
+        except OSError as exc:  # a pty's master reads EIO once every slave is closed: its EOF
+            if exc.errno != errno.EIO:
+                raise
+            chunk = b""
+        if not chunk:
+            break
+        pending += chunk
+        lines = re.split(rb"(?<=[\n\r])", pending)
+        pending = lines.pop()  # the unterminated rest, maybe empty
+        kept = b"".join(line for line in lines if not _NOISE.search(line))
+        if kept:
+            write(kept)
+    if pending and not _NOISE.search(pending):
+        write(pending)
+
+
+def _filter_startup_noise() -> None:
+    """Route this process's fd 2 (and its children's) through a filter process.
+
+    A separate process, not a thread: it drains the pipe to the end even if this
+    one dies in C++ (abort, a fatal signal) or leaves by os._exit, so nothing real
+    is lost. It runs this file as a script (stdlib only, no ``stages`` import).
+    """
+    if os.environ.get(TF_LOG_SWITCH, "") not in ("", "0"):
+        return
+    try:
+        real = os.dup(2)
+    except OSError:  # no stderr at all: nothing to filter
+        return
+    if os.isatty(real):
+        # A terminal: hand the stage a pseudo-terminal of the same size, so whatever asks
+        # isatty() (tqdm's bars: disable=None) behaves as on the terminal itself. Raw mode:
+        # the bytes pass unchanged (no \n -> \r\n).
+        import termios
+        import tty
+
+        read_end, write_end = os.openpty()
+        tty.setraw(write_end)
+        try:
+            fcntl.ioctl(write_end, termios.TIOCSWINSZ, fcntl.ioctl(real, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            pass
+    else:
+        read_end, write_end = os.pipe()
+    try:
+        helper = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), "--filter-stderr"],
+                                  stdin=read_end, stdout=real, stderr=real, close_fds=True)
+    except OSError:
+        os.close(read_end), os.close(write_end), os.close(real)
+        return
+    os.close(read_end)
+    sys.stderr.flush()
+    os.dup2(write_end, 2)  # inheritable: spawned workers write through the filter too
+    os.close(write_end)
+
+    def restore() -> None:
+        # Put the real stderr back (closing our end of the pipe) and let the filter
+        # write the rest before this process exits, so output keeps its order.
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(real, 2)
+        os.close(real)
+        try:
+            helper.wait(timeout=10)  # longer only if a child process still holds the pipe
+        except subprocess.TimeoutExpired:
+            pass
+
+    atexit.register(restore)
+
+
 def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     """Run a stage's ``main`` with logging set up and user errors reported as one line.
 
@@ -54,6 +177,7 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     argument, e.g. ``metrics_demo multiclass``); commands that write no stage
     outputs pass False.
     """
+    _filter_startup_noise()  # before main() imports TensorFlow
     # Our loggers at INFO; libraries (TensorFlow's checkpoint chatter) only warnings.
     logging.basicConfig(level=logging.WARNING, format=f"{name}: %(message)s", stream=sys.stderr)
     level = os.environ.get("STAGE_LOG_LEVEL", "INFO")
@@ -74,3 +198,11 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; outputs left as they were", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--filter-stderr"]:
+    # Ctrl-C or a SIGTERM sent to the process group: keep draining until the stage (which
+    # handles them) has said its last; EOF ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    filter_stream(0, 1)

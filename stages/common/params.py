@@ -8,6 +8,7 @@ the key, e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)``
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -33,6 +34,19 @@ UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
 """A path to a user's file: ``~`` and ``~user`` are expanded, as a shell would."""
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (``1e-05``).
+
+    YAML 1.1 (PyYAML) reads ``1e-05`` as a string, but ``dvc exp run -S lr=1e-5``
+    writes exactly that into params.yaml (and DVC itself reads it as a number).
+    """
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
 def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     """The whole params file as a mapping; a parse error names the file and line."""
     try:
@@ -40,7 +54,7 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise StageError(f"{path}: file not found (run from the repository root)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -1,0 +1,231 @@
+"""Stage ``report``: ``reports/summary.md``, the pipeline's results on one page.
+
+Every headline metric beside the original tutorial's figure and the quality
+gate's bound and verdict, the data reports, links to the plots, the params that
+differ from the stages' defaults and each dataset's source.
+
+The page holds only facts derived from the pipeline's inputs and outputs (no
+date, no git commit): a commit hash would change with every commit and a fresh
+clone's ``dvc repro`` would leave ``git status`` dirty. The sha256 of each
+metrics file identifies the results instead; the commit holding this file is
+the one whose ``dvc.lock`` records it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from stages.common.cli import run_stage
+from stages.common.params import read_params_file
+from stages.download_fer2013 import Fer2013Params
+from stages.download_imdb import ImdbParams
+from stages.gate import METRICS_FILES, GateParams
+from stages.inspect_batches import InspectBatchesParams
+from stages.make_series import SeriesParams
+from stages.metrics_demo import ProblemParams
+from stages.save_restore import SaveRestoreParams
+from stages.simple_nn import SimpleNNParams
+from stages.tfrecords_fer2013 import TfrecordsFer2013Params
+from stages.tfrecords_imdb import TFRecordsImdbParams
+from stages.tfrecords_series import TfrecordsSeriesParams
+from stages.toy_data import ToyDataParams
+from stages.train_emotion_cnn import TrainEmotionCnnParams
+from stages.train_load_rnn import TrainLoadRnnParams
+from stages.train_sentiment_rnn import TrainSentimentRnnParams
+
+SUMMARY = Path("reports/summary.md")
+GATE = Path("metrics/gate.json")
+PLOTS = Path("plots")
+DATA_REPORTS = {"aclImdb reviews": "metrics/data_imdb.json", "FER2013 faces": "metrics/data_fer2013.json",
+                "hourly load": "metrics/data_series.json"}
+
+# params.yaml section -> the model its stage validates it with (the defaults to compare against)
+SECTIONS: dict[str, type[BaseModel]] = {
+    "toy_data": ToyDataParams, "simple_nn": SimpleNNParams, "metrics_demo.multiclass": ProblemParams,
+    "metrics_demo.imbalanced": ProblemParams, "metrics_demo.regression": ProblemParams,
+    "save_restore": SaveRestoreParams, "imdb": ImdbParams, "fer2013": Fer2013Params, "series": SeriesParams,
+    "tfrecords_imdb": TFRecordsImdbParams, "tfrecords_fer2013": TfrecordsFer2013Params,
+    "tfrecords_series": TfrecordsSeriesParams, "inspect_batches": InspectBatchesParams,
+    "train_load_rnn": TrainLoadRnnParams, "train_emotion_cnn": TrainEmotionCnnParams,
+    "train_sentiment_rnn": TrainSentimentRnnParams, "gate": GateParams,
+}
+
+# What the original TensorFlow 1.7 notebooks printed (shared/REFERENCE.md), per metrics file.
+TUTORIAL: dict[str, str] = {
+    "metrics/simple_nn.json": "01: loss 0.653 (epoch 1) → 0.051 (epoch 500)",
+    "metrics/metrics_demo_multiclass.json": "02: macro precision 0.949, recall 0.953 (on the training data)",
+    "metrics/metrics_demo_imbalanced.json": "02: ROC-AUC 0.935",
+    "metrics/metrics_demo_regression.json": "02: R² 0.825 (another random draw)",
+    "metrics/save_restore.json": "03: restored model continues from loss 0.0424",
+    "metrics/emotion_cnn.json": "07: eval accuracy 0.573 (real FER2013, PublicTest + PrivateTest)",
+    "metrics/sentiment_rnn.json": "08: best eval accuracy 0.886 (real aclImdb; test set chose the epoch)",
+    "metrics/load_forecast.json": "09: scaled test MSE 0.049 (real ENTSO-E Spain, one global scaler)",
+}
+
+# Headline metrics shown beside the gate's checks (which are headline metrics too).
+HEADLINES: dict[str, list[str]] = {
+    "metrics/simple_nn.json": ["first_epoch_loss", "train_loss", "train_accuracy"],
+    "metrics/metrics_demo_multiclass.json": ["test_macro_precision", "test_macro_recall", "test_macro_f1"],
+    "metrics/metrics_demo_imbalanced.json": ["test_roc_auc", "test_macro_f1"],
+    "metrics/metrics_demo_regression.json": ["test_r2", "test_mse"],
+    "metrics/save_restore.json": ["max_abs_diff", "restored_first_epoch_loss", "test_accuracy"],
+    "metrics/emotion_cnn.json": ["test_accuracy", "test_macro_f1", "valid_accuracy"],
+    "metrics/sentiment_rnn.json": ["test_accuracy", "test_auc", "test_f1"],
+    "metrics/load_forecast.json": ["test_mae_mw", "test_mape", "skill_vs_best_naive", "test_mse_global_scaler"],
+}
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump()
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def changed_params(params: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in params.yaml, the stage's default) for every value that differs.
+
+    Both sides go through the stage's model (so "2015-01-01" and a date compare
+    equal); fields without a default (metrics_demo's per-variant epochs) are left out.
+    """
+    rows = []
+    for section, model in SECTIONS.items():
+        node: Any = params
+        for part in section.split("."):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        required = {name: node[name] for name, field in model.model_fields.items()
+                    if field.is_required() and name in node}
+        given = flatten(model.model_validate(node).model_dump(mode="json"))
+        default = flatten(model.model_validate(required).model_dump(mode="json"))
+        for key in sorted(given):
+            if key.split(".")[0] not in required and given[key] != default.get(key):
+                rows.append((f"{section}.{key}", given[key], default.get(key)))
+    return rows
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def load(path: str) -> dict[str, Any] | None:
+    file = Path(path)
+    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else None
+
+
+def metrics_section(gate: dict[str, Any] | None) -> list[str]:
+    checks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in (gate or {}).get("checks", []):
+        checks.setdefault((c["file"], c["key"]), []).append(c)
+    lines = ["## Results", "",
+             "| stage | metric | value | gate | verdict | original tutorial |", "|---|---|---|---|---|---|"]
+    for _, (stage, file) in METRICS_FILES.items():
+        metrics = load(file) or {}
+        keys = list(dict.fromkeys(HEADLINES[file] + [key for f, key in checks if f == file]))
+        for i, key in enumerate(keys):
+            value: Any = metrics
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            bounds = checks.get((file, key), [])
+            bound = ", ".join(f"{'≥' if c['kind'] == 'floor' else '≤'} {fmt(c['bound'])}" for c in bounds)
+            verdict = ("pass" if all(c["pass"] for c in bounds) else "**FAIL**") if bounds else ""
+            lines.append(f"| {stage if i == 0 else ''} | `{key}` | {fmt(value)} | {bound} | {verdict} | "
+                         f"{TUTORIAL[file] if i == 0 else ''} |")
+    if gate is None:
+        lines += ["", "The gate has not run (no `metrics/gate.json`)."]
+    else:
+        lines += ["", f"Quality gate: **{'passed' if gate['passed'] else 'FAILED'}** "
+                      f"({len(gate['checks']) - gate['checks_failed']} of {len(gate['checks'])} checks; "
+                      f"bounds in `params.yaml` → `gate`)."]
+    return lines
+
+
+def data_section() -> list[str]:
+    lines = ["## Data", "", "| dataset | source | rows | classes | bad rows | gaps | sha256 |",
+             "|---|---|---|---|---|---|---|"]
+    for name, file in DATA_REPORTS.items():
+        r = load(file)
+        if r is None:
+            lines.append(f"| {name} | (no `{file}`) | | | | | |")
+            continue
+        if "reviews" in r:  # aclImdb
+            source = r.get("source_location")
+            rows = r["reviews"]["total"]
+            classes = ", ".join(f"{split} {c['neg']} neg / {c['pos']} pos" for split, c in r["reviews"].items()
+                                if isinstance(c, dict))
+            bad = sum(v for k, v in r["problems"].items() if k != "invalid_utf8_bytes")
+            gaps, digest = "", r.get("source_sha256") or r.get("tree_sha256")
+        elif "rows_per_class" in r:  # FER2013
+            source, rows = r.get("origin"), r["rows"]
+            classes = ", ".join(f"{k} {v}" for k, v in r["rows_per_class"].items())
+            bad = sum(r["bad_rows"]["found"].values())
+            gaps, digest = "", r["sha256"]
+        else:  # load series
+            source, rows, classes = r.get("source_file"), r["hours"], "(regression)"
+            bad = r["bad_rows"]
+            gaps = (f"{r['missing_hours']} missing hours in {r['gaps']} gaps (longest {r['longest_gap_hours']} h), "
+                    f"{r['dst_gaps']} DST gaps, {r['duplicates']} duplicates, {r['missing_load_values']} blank values")
+            digest = r["source_sha256"]
+        lines.append(f"| {name} | {r['source']}{f': {fmt(source)}' if source else ''} | {rows} | {classes} | {bad} | {gaps} | "
+                     f"`{(digest or '—')[:16]}` |")
+    lines += ["", "Full data reports: " + ", ".join(f"[`{f}`](../{f})" for f in DATA_REPORTS.values()) + "."]
+    return lines
+
+
+def plots_section() -> list[str]:
+    pngs = sorted(p.as_posix() for p in PLOTS.rglob("*.png"))
+    return ["## Plots", "", *(f"- [{p}](../{p})" for p in pngs), "",
+            "`dvc plots show` draws the training curves, confusion matrices and ROC curves."]
+
+
+def params_section(params: dict[str, Any]) -> list[str]:
+    rows = changed_params(params)
+    lines = ["## Params that differ from the stages' defaults", ""]
+    if not rows:
+        return lines + ["None: every stage ran at its defaults.", "", f"Seed: {params.get('seed')}."]
+    lines += ["| param | params.yaml | default |", "|---|---|---|"]
+    lines += [f"| `{key}` | {fmt(value)} | {fmt(default)} |" for key, value, default in rows]
+    return lines + ["", f"Seed: {params.get('seed')}."]
+
+
+def fingerprint_section() -> list[str]:
+    files = sorted(p.as_posix() for p in Path("metrics").glob("*.json"))
+    return ["## The files summarized", "",
+            "sha256 of each metrics file (the commit holding this page is the one whose `dvc.lock` records them):",
+            "", *(f"- `{f}` `{hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}`" for f in files)]
+
+
+def render(params: dict[str, Any]) -> str:
+    lines = ["# Pipeline summary", "",
+             "Written by `python -m stages.report` (the `report` stage of `dvc repro`); do not edit.", ""]
+    for part in (metrics_section(load(str(GATE))), data_section(), plots_section(), params_section(params),
+                 fingerprint_section()):
+        lines += part + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main() -> None:
+    params = read_params_file()  # every section: the report has no params of its own
+
+    from stages.common.outputs import atomic_outputs
+
+    with atomic_outputs() as out:
+        out.file(SUMMARY).write_text(render(params), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_stage(main, "report")
