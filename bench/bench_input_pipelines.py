@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -112,11 +113,15 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'pipeline (examples/s)':22s} {'cold':>9s} {'warm':>9s} {'in-memory':>10s} {'warm/mem':>9s}")
     for name, r in results.items():
-        print(f"{name:22s} {r['pipeline_cold_per_s']:9d} {r['pipeline_warm_per_s']:9d} "
-              f"{r['in_memory_per_s']:10d} {r['ratio_warm']:9.2f}")
-    print(f"target warm/mem >= {TARGET_RATIO}: "
-          + ", ".join(f"{n} {'met' if r['target_met'] else 'NOT met'}" for n, r in results.items())
-          + f" -> {RESULTS.relative_to(ROOT)}")
+        print(
+            f"{name:22s} {r['pipeline_cold_per_s']:9d} {r['pipeline_warm_per_s']:9d} "
+            f"{r['in_memory_per_s']:10d} {r['ratio_warm']:9.2f}"
+        )
+    print(
+        f"target warm/mem >= {TARGET_RATIO}: "
+        + ", ".join(f"{n} {'met' if r['target_met'] else 'NOT met'}" for n, r in results.items())
+        + f" -> {RESULTS.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
+
 RESULTS = ROOT / "bench/results/numerics.json"
 REAL_FACES, REAL_REVIEWS = 28_709, 22_500
 EPOCHS = 6
@@ -57,9 +58,14 @@ def make_project(dest: Path) -> Path:
     shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
     for name in ("download_fer2013", "tfrecords_fer2013", "download_imdb", "tfrecords_imdb"):
-        subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=dest, check=True,
-                       env=dict(os.environ, PYTHONPATH=str(dest), TF_CPP_MIN_LOG_LEVEL="2"),
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", f"stages.{name}"],
+            cwd=dest,
+            check=True,
+            env=dict(os.environ, PYTHONPATH=str(dest), TF_CPP_MIN_LOG_LEVEL="2"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return dest
 
 
@@ -85,22 +91,34 @@ def worker(workload: str, deterministic: bool) -> dict:
         trainer = new_trainer(int(read_spec(data)["vocab_size"]), p)
 
         def batches(epoch):
-            return text_batches(data, "train", p.batch_size, shuffle_seed=42, epoch=epoch,
-                                bucket_boundaries=p.bucket_boundaries)
+            return text_batches(
+                data, "train", p.batch_size, shuffle_seed=42, epoch=epoch, bucket_boundaries=p.bucket_boundaries
+            )
+
         examples, real = read_spec(data)["splits"]["train"]["records"], REAL_REVIEWS  # IMDB spec says records
     else:
-        from stages.train_emotion_cnn import (STAGE, TrainEmotionCnnParams, WeightedCrossEntropy, augment_batches,
-                                              build_model)
+        from stages.train_emotion_cnn import (
+            STAGE,
+            TrainEmotionCnnParams,
+            WeightedCrossEntropy,
+            augment_batches,
+            build_model,
+        )
         from stages.common.training import Trainer
 
         _, p = load_params(STAGE, TrainEmotionCnnParams)
         data = Path("data/tfrecords/fer2013")
-        trainer = Trainer(build_model(p), keras.optimizers.Adam(p.learning_rate), WeightedCrossEntropy(None),
-                          metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy})
+        trainer = Trainer(
+            build_model(p),
+            keras.optimizers.Adam(p.learning_rate),
+            WeightedCrossEntropy(None),
+            metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
+        )
 
         def batches(epoch):
             plain = image_batches(data, "train", p.batch_size, shuffle_seed=42, epoch=epoch)
             return augment_batches(plain, 42, epoch, p.augment_shift) if workload != "cnn" else plain
+
         examples, real = read_spec(data)["splits"]["train"]["examples"], REAL_FACES
     seconds = []
     for epoch in range(EPOCHS):
@@ -112,10 +130,13 @@ def worker(workload: str, deterministic: bool) -> dict:
             trainer.train_epoch(batches(epoch))
         seconds.append(time.perf_counter() - start)
     steady = min(seconds[1:])
-    return {"epoch_seconds": [round(s, 3) for s in seconds], "examples": examples,
-            "real_epoch_seconds": round(steady * real / examples, 1),
-            "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", f"{os.cpu_count()} (cores)"),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native")}
+    return {
+        "epoch_seconds": [round(s, 3) for s in seconds],
+        "examples": examples,
+        "real_epoch_seconds": round(steady * real / examples, 1),
+        "intra_op_threads": os.environ.get("TF_NUM_INTRAOP_THREADS", f"{os.cpu_count()} (cores)"),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
+    }
 
 
 def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> dict:
@@ -124,8 +145,13 @@ def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> 
     if not deterministic:
         command.append("--nondeterministic")
     environment = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "TF_NUM_INTRAOP_THREADS")}
-    out = subprocess.run(command, cwd=project, capture_output=True, text=True,
-                         env={**environment, **env, "PYTHONPATH": str(project), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = subprocess.run(
+        command,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**environment, **env, "PYTHONPATH": str(project), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     if out.returncode != 0:
         raise SystemExit(f"{workload} worker failed:\n{out.stderr[-3000:]}")
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "load_average_before": [round(x, 2) for x in load]}
@@ -146,24 +172,39 @@ def main() -> None:
         for name, (env, deterministic) in CONFIGS.items():
             for workload in WORKLOADS:
                 results.setdefault(name, {})[workload] = run_worker(project, workload, env, deterministic)
-                print(f"{name:30s} {workload:14s} {results[name][workload]['real_epoch_seconds']:7.1f} s per real epoch",
-                      flush=True)
+                print(
+                    f"{name:30s} {workload:14s} {results[name][workload]['real_epoch_seconds']:7.1f} s per real epoch",
+                    flush=True,
+                )
         results["input_only"] = run_worker(project, "input_only", CONFIGS["reproducible"][0], True)
     fast, repro = results["fast"], results["reproducible"]
-    summary = {w: {"fast_s": fast[w]["real_epoch_seconds"], "reproducible_s": repro[w]["real_epoch_seconds"],
-                   "price": round(repro[w]["real_epoch_seconds"] / fast[w]["real_epoch_seconds"] - 1, 3)}
-               for w in WORKLOADS}
-    out = {"machine": machine_info(), "summary": summary, "runs": results,
-           "input_only_real_epoch_seconds": results["input_only"]["real_epoch_seconds"],
-           "note": "training passes only, fastest of epochs 2-6, scaled to 28,709 faces / 22,500 reviews; "
-                   "price = reproducible / fast - 1; 2 cores may be shared: see the load averages"}
+    summary = {
+        w: {
+            "fast_s": fast[w]["real_epoch_seconds"],
+            "reproducible_s": repro[w]["real_epoch_seconds"],
+            "price": round(repro[w]["real_epoch_seconds"] / fast[w]["real_epoch_seconds"] - 1, 3),
+        }
+        for w in WORKLOADS
+    }
+    out = {
+        "machine": machine_info(),
+        "summary": summary,
+        "runs": results,
+        "input_only_real_epoch_seconds": results["input_only"]["real_epoch_seconds"],
+        "note": "training passes only, fastest of epochs 2-6, scaled to 28,709 faces / 22,500 reviews; "
+        "price = reproducible / fast - 1; 2 cores may be shared: see the load averages",
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     for workload, row in summary.items():
-        print(f"{workload:14s} fast {row['fast_s']:6.1f} s  reproducible {row['reproducible_s']:6.1f} s  "
-              f"price {row['price']:+.0%}")
-    print(f"input pipeline alone (augmented faces): {out['input_only_real_epoch_seconds']} s -> "
-          f"{RESULTS.relative_to(ROOT)}")
+        print(
+            f"{workload:14s} fast {row['fast_s']:6.1f} s  reproducible {row['reproducible_s']:6.1f} s  "
+            f"price {row['price']:+.0%}"
+        )
+    print(
+        f"input pipeline alone (augmented faces): {out['input_only_real_epoch_seconds']} s -> "
+        f"{RESULTS.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -75,8 +76,10 @@ def main() -> None:
     print(f"{'variant':14s} {'examples/s':>11s}")
     for name in ("eager", "tf_function_same_batches", "tf_function", "keras_fit"):
         print(f"{name:26s} {result[name]['examples_per_s']:11.1f}")
-    print(f"tf.function / eager: {result['speedup_vs_eager']:.1f}x (target >= {TARGET_EAGER_SPEEDUP}); "
-          f"tf.function / fit: {result['ratio_to_fit']:.3f} (target >= {1 - TARGET_FIT_GAP}) -> {RESULTS.relative_to(ROOT)}")
+    print(
+        f"tf.function / eager: {result['speedup_vs_eager']:.1f}x (target >= {TARGET_EAGER_SPEEDUP}); "
+        f"tf.function / fit: {result['ratio_to_fit']:.3f} (target >= {1 - TARGET_FIT_GAP}) -> {RESULTS.relative_to(ROOT)}"
+    )
 
 
 def measure(data: Path, repeats: int, eager_batches: int) -> dict:
@@ -90,8 +93,9 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     vocab_size = json.loads((data / "spec.json").read_text())["vocab_size"]
 
     def batches(epoch: int):
-        return text_batches(data, "train", p.batch_size, shuffle_seed=SEED, epoch=epoch,
-                            bucket_boundaries=p.bucket_boundaries)
+        return text_batches(
+            data, "train", p.batch_size, shuffle_seed=SEED, epoch=epoch, bucket_boundaries=p.bucket_boundaries
+        )
 
     def run_steps(step, dataset) -> tuple[int, float]:
         examples, start = 0, time.perf_counter()
@@ -106,9 +110,11 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     eager = new_trainer(vocab_size, p.model_copy(update={"run_eagerly": True}))
     seed_everything(SEED)
     model = build_model(vocab_size, p)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=p.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=p.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
 
     class CountSteps(keras.callbacks.Callback):
         steps = 0
@@ -141,8 +147,12 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
 
     def best(runs: list[tuple[int, float]]) -> dict:
         examples, seconds = min(runs, key=lambda r: r[1] / r[0])
-        return {"examples": examples, "seconds": round(seconds, 3), "examples_per_s": round(examples / seconds, 1),
-                "all_examples_per_s": [round(n / s, 1) for n, s in runs]}
+        return {
+            "examples": examples,
+            "seconds": round(seconds, 3),
+            "examples_per_s": round(examples / seconds, 1),
+            "all_examples_per_s": [round(n / s, 1) for n, s in runs],
+        }
 
     result = {
         "eager": best([eager_timing]),
@@ -152,20 +162,27 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     }
     result["eager"]["tokens_per_batch"] = [int(x["token_indexes"].shape[1]) for x, _ in subset[1:]]
     result |= {
-        "speedup_vs_eager": round(result["tf_function_same_batches"]["examples_per_s"]
-                                  / result["eager"]["examples_per_s"], 2),
+        "speedup_vs_eager": round(
+            result["tf_function_same_batches"]["examples_per_s"] / result["eager"]["examples_per_s"], 2
+        ),
         "ratio_to_fit": round(result["tf_function"]["examples_per_s"] / result["keras_fit"]["examples_per_s"], 3),
-        "params": {"cell": p.cell, "units": p.units, "batch_size": p.batch_size,
-                   "bucket_boundaries": p.bucket_boundaries, "training_reviews": result["tf_function"]["examples"]},
+        "params": {
+            "cell": p.cell,
+            "units": p.units,
+            "batch_size": p.batch_size,
+            "bucket_boundaries": p.bucket_boundaries,
+            "training_reviews": result["tf_function"]["examples"],
+        },
         "target_speedup_vs_eager": TARGET_EAGER_SPEEDUP,
         "target_ratio_to_fit": 1 - TARGET_FIT_GAP,
         **machine_info(),
         "load_average_before": [round(v, 2) for v in load],
         "note": "training split of the default sample; compiled variants: best of alternating whole epochs; "
-                "eager: the first batches of an epoch, compared with the compiled step on the same batches",
+        "eager: the first batches of an epoch, compared with the compiled step on the same batches",
     }
-    result["target_met"] = (result["speedup_vs_eager"] >= TARGET_EAGER_SPEEDUP
-                            and result["ratio_to_fit"] >= 1 - TARGET_FIT_GAP)
+    result["target_met"] = (
+        result["speedup_vs_eager"] >= TARGET_EAGER_SPEEDUP and result["ratio_to_fit"] >= 1 - TARGET_FIT_GAP
+    )
     return result
 
 

@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
+
 RESULTS = ROOT / "bench/results/tfrecords_fer2013.json"
 TARGET_SECONDS = 20.0
 STAGE_PARAMS = {"num_shards": 4, "compression": "none"}
@@ -51,8 +52,14 @@ def stage(project: Path, name: str) -> float:
     """Run one stage as DVC does; its wall time in seconds."""
     env = dict(os.environ, PYTHONPATH=str(project), TF_CPP_MIN_LOG_LEVEL="2")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"],
+        cwd=project,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - start
 
 
@@ -76,7 +83,10 @@ def main() -> None:
             params_path.write_text(yaml.safe_dump(params, sort_keys=False))
             load = os.getloadavg()
             seconds = stage(project, "tfrecords_fer2013")
-            runs[f"workers_{workers}"] = {"seconds": round(seconds, 2), "load_average_before": [round(x, 2) for x in load]}
+            runs[f"workers_{workers}"] = {
+                "seconds": round(seconds, 2),
+                "load_average_before": [round(x, 2) for x in load],
+            }
             digests.add(digest(out))
         spec = json.loads((out / "spec.json").read_text())
         size = sum(p.stat().st_size for p in out.iterdir())
@@ -92,15 +102,17 @@ def main() -> None:
         "params": STAGE_PARAMS,
         **machine_info(),
         "note": "wall time of `python -m stages.tfrecords_fer2013` (start-up and CSV parsing included); "
-                "2 cores may be shared with other processes: see the load averages",
+        "2 cores may be shared with other processes: see the load averages",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'FER2013 -> TFRecords':28s} {'seconds':>8s} {'faces/s':>8s}")
     for name in ("workers_2", "workers_1"):
         print(f"{name:28s} {runs[name]['seconds']:8.2f} {faces / runs[name]['seconds']:8.0f}")
-    print(f"target < {TARGET_SECONDS:.0f} s: {'met' if result['target_met'] else 'NOT met'}; "
-          f"same bytes: {result['same_bytes_for_1_and_2_workers']}; {result['output_mb']} MB -> {RESULTS.relative_to(ROOT)}")
+    print(
+        f"target < {TARGET_SECONDS:.0f} s: {'met' if result['target_met'] else 'NOT met'}; "
+        f"same bytes: {result['same_bytes_for_1_and_2_workers']}; {result['output_mb']} MB -> {RESULTS.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

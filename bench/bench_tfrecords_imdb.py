@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -59,8 +60,9 @@ def run_baseline(raw: Path, out_dir: Path) -> None:
     from stages.tfrecords_imdb import SPLITS, TFRecordsImdbParams, find_reviews, movie_of, split_reviews
 
     p = TFRecordsImdbParams()
-    splits = split_reviews(find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, SEED,
-                           movie_of(raw, "train"))
+    splits = split_reviews(
+        find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, SEED, movie_of(raw, "train")
+    )
     texts = {r.path: Path(r.path).read_text(encoding="utf-8") for name in SPLITS for r in splits[name]}
     vocab = build_vocabulary(count_tokens(texts[r.path] for r in splits["train"]), p.min_word_frequency)
     out_dir.mkdir(parents=True)
@@ -94,8 +96,9 @@ def same_records(stage_dir: Path, baseline_dir: Path) -> bool:
         ours = [r for path in shard_paths(stage_dir, name) for r in read_records(path)]
         theirs = [r.numpy() for r in tf.data.TFRecordDataset(str(baseline_dir / f"{name}.tfrecord"))]
         if len(ours) != len(theirs) or any(
-                tf.train.SequenceExample.FromString(a) != tf.train.SequenceExample.FromString(b)
-                for a, b in zip(ours, theirs)):
+            tf.train.SequenceExample.FromString(a) != tf.train.SequenceExample.FromString(b)
+            for a, b in zip(ours, theirs)
+        ):
             return False
     return True
 
@@ -143,10 +146,17 @@ def main() -> None:
     results = {
         "data": str(args.raw) if args.raw else f"imdb_sample, {args.per_class} per class and split",
         "reviews": reviews,
-        "stage": {"seconds": round(stage_s, 3), "reviews_per_s": round(reviews / stage_s, 1),
-                  "workers": args.workers, "load_average_before": [round(x, 2) for x in stage_load]},
-        "baseline": {"seconds": round(baseline_s, 3), "reviews_per_s": round(reviews / baseline_s, 1),
-                     "load_average_before": [round(x, 2) for x in baseline_load]},
+        "stage": {
+            "seconds": round(stage_s, 3),
+            "reviews_per_s": round(reviews / stage_s, 1),
+            "workers": args.workers,
+            "load_average_before": [round(x, 2) for x in stage_load],
+        },
+        "baseline": {
+            "seconds": round(baseline_s, 3),
+            "reviews_per_s": round(reviews / baseline_s, 1),
+            "load_average_before": [round(x, 2) for x in baseline_load],
+        },
         "speedup": round(speedup, 2),
         "target_speedup": TARGET_SPEEDUP,
         "target_met": speedup >= TARGET_SPEEDUP,
@@ -154,8 +164,12 @@ def main() -> None:
         "vocab_size": spec["vocab_size"],
         **machine_info(),
         "note": "2 cores may be shared with other processes; see the load averages",
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__,
-                     "numpy": np.__version__, "protobuf": google.protobuf.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "numpy": np.__version__,
+            "protobuf": google.protobuf.__version__,
+        },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -163,8 +177,10 @@ def main() -> None:
     print(f"\n{'':10} {'seconds':>9} {'reviews/s':>10}")
     for name in ("stage", "baseline"):
         print(f"{name:10} {results[name]['seconds']:9.2f} {results[name]['reviews_per_s']:10.0f}")
-    print(f"speed-up {speedup:.2f}x (target {TARGET_SPEEDUP:.0f}x: {'met' if results['target_met'] else 'NOT met'}); "
-          f"same records: {identical}; {reviews} reviews, {os.cpu_count()} cores -> {args.output}")
+    print(
+        f"speed-up {speedup:.2f}x (target {TARGET_SPEEDUP:.0f}x: {'met' if results['target_met'] else 'NOT met'}); "
+        f"same records: {identical}; {reviews} reviews, {os.cpu_count()} cores -> {args.output}"
+    )
 
 
 if __name__ == "__main__":

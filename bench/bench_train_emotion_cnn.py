@@ -64,8 +64,10 @@ def main() -> None:
         runs = {}
         for name, extra in (("plain", {"augment": False}), ("augmented", {"augment": True})):
             load = os.getloadavg()
-            runs[name] = {"epoch_seconds": epoch_seconds(TrainEmotionCnnParams(**{**base, **extra}), params["seed"], data),
-                          "load_average_before": [round(x, 2) for x in load]}
+            runs[name] = {
+                "epoch_seconds": epoch_seconds(TrainEmotionCnnParams(**{**base, **extra}), params["seed"], data),
+                "load_average_before": [round(x, 2) for x in load],
+            }
     result = {
         "train_faces": spec["splits"]["train"]["examples"],
         "valid_faces": spec["splits"]["valid"]["examples"],
@@ -75,7 +77,7 @@ def main() -> None:
         "params": {k: v for k, v in base.items() if k not in ("max_epochs", "patience", "checkpoint_every_s")},
         **machine_info(),
         "note": "per epoch: training pass + validation pass; the first epoch of the first run also decodes "
-                "the PNGs into the cache and traces the steps; 2 cores may be shared: see the load averages",
+        "the PNGs into the cache and traces the steps; 2 cores may be shared: see the load averages",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

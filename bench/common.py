@@ -22,5 +22,10 @@ def machine_info() -> dict:
     except OSError:
         pass
     vector = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
-    return {"cpu": model, "cores": os.cpu_count(), "machine": platform.machine(), "vector_isa": vector,
-            "numerics": os.environ.get("EAGER_PIPELINE_NUMERICS", "reproducible")}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "vector_isa": vector,
+        "numerics": os.environ.get("EAGER_PIPELINE_NUMERICS", "reproducible"),
+    }

@@ -78,8 +78,15 @@ CSV_MEMBERS = ("fer2013.csv", "icml_face_data.csv")
 TAR_MEMBER = "fer2013.tar.gz"
 EXAMPLES_KEPT = 10  # bad rows quoted in the report
 # What a damaged or truncated archive raises while it is being read.
-_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile,
-            lzma.LZMAError)
+_CORRUPT = (
+    tarfile.ReadError,
+    tarfile.CompressionError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    zipfile.BadZipFile,
+    lzma.LZMAError,
+)
 
 
 class SampleSize(Section):
@@ -97,10 +104,17 @@ class SampleSize(Section):
 class Fer2013Params(Section):
     source: Literal["sample", "path", "kaggle", "url"] = "sample"
     path: UserPath | None = None
-    kaggle_dataset: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$", description="source kaggle: owner/name of "
-                                       "a dataset (e.g. msambare/fer2013) instead of the competition")
-    valid_fraction: float = Field(0.125, ge=0.0, lt=1.0, description="image folders without a validation split: "
-                                  "share of each Training class made PublicTest (seeded)")
+    kaggle_dataset: str | None = Field(
+        None,
+        pattern=r"^[\w.-]+/[\w.-]+$",
+        description="source kaggle: owner/name of a dataset (e.g. msambare/fer2013) instead of the competition",
+    )
+    valid_fraction: float = Field(
+        0.125,
+        ge=0.0,
+        lt=1.0,
+        description="image folders without a validation split: share of each Training class made PublicTest (seeded)",
+    )
     url: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
     size: int | None = Field(None, gt=0, description="bytes expected from url")
@@ -110,8 +124,10 @@ class Fer2013Params(Section):
     @model_validator(mode="after")
     def _source_has_what_it_needs(self) -> "Fer2013Params":
         if self.source == "path" and not self.path:
-            raise ValueError("path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip, icml_face_data.csv "
-                             "or image folders)")
+            raise ValueError(
+                "path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip, icml_face_data.csv "
+                "or image folders)"
+            )
         if self.source == "url" and not self.url:
             raise ValueError("url: required with source: url")
         if self.source == "url" and not self.sha256:
@@ -143,12 +159,16 @@ def fetch_kaggle(dataset: str | None = None) -> Path:
     # Checked before importing: `import kaggle` authenticates at import time and,
     # without credentials, prints a notice or raises from deep inside.
     if importlib.util.find_spec("kaggle") is None:
-        raise StageError("fer2013.source: kaggle needs the kaggle package: pip install '.[kaggle]' "
-                         "(or download the data yourself and use source: path)")
+        raise StageError(
+            "fer2013.source: kaggle needs the kaggle package: pip install '.[kaggle]' "
+            "(or download the data yourself and use source: path)"
+        )
     if not kaggle_credentials():
-        raise StageError("fer2013.source: kaggle: no Kaggle API credentials: put kaggle.json (kaggle.com > "
-                         "Settings > API > Create New Token) in ~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY; "
-                         "or download the competition data yourself and use source: path")
+        raise StageError(
+            "fer2013.source: kaggle: no Kaggle API credentials: put kaggle.json (kaggle.com > "
+            "Settings > API > Create New Token) in ~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY; "
+            "or download the competition data yourself and use source: path"
+        )
     DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi
@@ -162,10 +182,14 @@ def fetch_kaggle(dataset: str | None = None) -> Path:
     except Exception as exc:  # the kaggle API raises many types (HTTP, auth, IO); all end the stage
         detail = " ".join(str(exc).split())[:200]
         if dataset:
-            raise StageError(f"kaggle: downloading the dataset {dataset} failed ({detail}); check its name on "
-                             f"kaggle.com/datasets/{dataset}, or use source: path") from None
-        raise StageError(f"kaggle: downloading {COMPETITION} failed ({detail}); accept the competition rules on "
-                         f"kaggle.com/c/{COMPETITION}/rules, or use source: path") from None
+            raise StageError(
+                f"kaggle: downloading the dataset {dataset} failed ({detail}); check its name on "
+                f"kaggle.com/datasets/{dataset}, or use source: path"
+            ) from None
+        raise StageError(
+            f"kaggle: downloading {COMPETITION} failed ({detail}); accept the competition rules on "
+            f"kaggle.com/c/{COMPETITION}/rules, or use source: path"
+        ) from None
     archive = DOWNLOAD_DIR / f"{dataset.split('/')[1] if dataset else COMPETITION}.zip"
     if not archive.is_file():
         raise StageError(f"kaggle: expected {archive} after the download; use source: path with the file you got")
@@ -176,8 +200,13 @@ def fetch_kaggle(dataset: str | None = None) -> Path:
 
 
 # Leading bytes of the archive forms: a damaged archive must be reported as one, not read as a CSV.
-_MAGIC = ((b"PK\x03\x04", "zip"), (b"PK\x05\x06", "zip"), (b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"),
-          (b"\xfd7zXZ\x00", "xz"))
+_MAGIC = (
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+)
 
 
 def archive_kind(path: Path) -> str | None:
@@ -238,12 +267,15 @@ def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str, drain: list[Bi
             if find_columns(header):
                 return _member(stack, zf, info, name, drain)
     listing = ", ".join(info.filename for info in files[:10])
-    raise StageError(f"{name}: no FER2013 CSV inside (looked for {', '.join(CSV_MEMBERS)}, {TAR_MEMBER} or a CSV "
-                     f"with columns {','.join(COLUMNS)}; found: {listing})")
+    raise StageError(
+        f"{name}: no FER2013 CSV inside (looked for {', '.join(CSV_MEMBERS)}, {TAR_MEMBER} or a CSV "
+        f"with columns {','.join(COLUMNS)}; found: {listing})"
+    )
 
 
-def _member(stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str,
-            drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
+def _member(
+    stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, drain: list[BinaryIO]
+) -> tuple[BinaryIO, str]:
     check_member_name(Path(name), info.filename)
     stream = stack.enter_context(zf.open(info))
     drain.append(stream)
@@ -279,9 +311,11 @@ def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int 
     examples: list[str] = []
     pixel_sum = pixel_squares = 0  # Python ints: exact, so the report is byte-stable
     try:
-        with open_csv(path, name) as (stream, member_name, finish), out_csv.open("wb") as out, tqdm(
-            total=total, desc=CSV_NAME, unit=" rows", file=sys.stderr, disable=None, leave=False
-        ) as bar:
+        with (
+            open_csv(path, name) as (stream, member_name, finish),
+            out_csv.open("wb") as out,
+            tqdm(total=total, desc=CSV_NAME, unit=" rows", file=sys.stderr, disable=None, leave=False) as bar,
+        ):
             text = io.TextIOWrapper(stream, encoding="utf-8", newline="")
             out.write(HEADER.encode())
             try:
@@ -309,16 +343,21 @@ def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int 
     return row_stats(name, counts, found, examples, pixel_sum, pixel_squares)
 
 
-def row_stats(name: str, counts: np.ndarray, found: dict[str, int], examples: list[str], pixel_sum: int,
-              pixel_squares: int) -> dict:
+def row_stats(
+    name: str, counts: np.ndarray, found: dict[str, int], examples: list[str], pixel_sum: int, pixel_squares: int
+) -> dict:
     """The row statistics of the data report from the counts per (Usage, emotion) and the pixel sums."""
     rows = int(counts.sum())
     if rows == 0:
         raise StageError(f"{name}: no valid rows")
     skipped = sum(found.values())
     if skipped:
-        log.warning("skipped %d bad rows: %s (first: %s)", skipped,
-                    ", ".join(f"{k} {v}" for k, v in found.items() if v), examples[0])
+        log.warning(
+            "skipped %d bad rows: %s (first: %s)",
+            skipped,
+            ", ".join(f"{k} {v}" for k, v in found.items() if v),
+            examples[0],
+        )
     for usage, n in zip(USAGES, counts.sum(axis=1)):
         if n == 0:
             log.warning("%s: no %s rows; the stages after this one need all three Usage splits", name, usage)
@@ -348,6 +387,7 @@ def holds_images(path: Path) -> bool:
 
     Anything else, a damaged archive included, goes to the CSV reader, which reports it.
     """
+
     def verdict(name: str) -> bool | None:
         base = PurePosixPath(name).name.lower()
         if base.endswith(".csv") or base == TAR_MEMBER:
@@ -370,8 +410,10 @@ def holds_images(path: Path) -> bool:
     return False
 
 
-IMAGE_LAYOUT = ("train/ and test/ (or validation/) folders, each with angry/, disgust/, fear/, happy/, sad/, "
-                "surprise/ and neutral/ image folders")
+IMAGE_LAYOUT = (
+    "train/ and test/ (or validation/) folders, each with angry/, disgust/, fear/, happy/, sad/, "
+    "surprise/ and neutral/ image folders"
+)
 
 
 def normalize_images(source: Path, name: str, out_csv: Path, p: Fer2013Params, seed: int, scratch: Path) -> dict:
@@ -382,8 +424,10 @@ def normalize_images(source: Path, name: str, out_csv: Path, p: Fer2013Params, s
     if source.is_dir():
         root, where = fer2013_images.find_root(source), str
         if root is None:
-            raise StageError(f"{name}: is a folder, but holds no FER2013 image folders (expected {IMAGE_LAYOUT}); "
-                             f"or give a file: fer2013.csv, fer2013.tar.gz, the competition zip or icml_face_data.csv")
+            raise StageError(
+                f"{name}: is a folder, but holds no FER2013 image folders (expected {IMAGE_LAYOUT}); "
+                f"or give a file: fer2013.csv, fer2013.tar.gz, the competition zip or icml_face_data.csv"
+            )
     else:
         target = scratch / "images"
         log.info("extracting %s", name)
@@ -473,8 +517,13 @@ def main() -> None:
                 stats = normalize(source, name, csv_path, p.on_bad_row, total)
             write_json(out.file(REPORT), {"source": p.source, "origin": origin, "sha256": digest, **stats})
     keep_folder(DOWNLOAD_DIR, "Downloaded FER2013 files (source: url or kaggle) are kept here, checked by sha256.\n")
-    log.info("%s: %d rows (%s); %d bad rows skipped", OUT_DIR / CSV_NAME, stats["rows"],
-             ", ".join(f"{k} {v}" for k, v in stats["rows_per_split"].items()), stats["bad_rows"]["skipped"])
+    log.info(
+        "%s: %d rows (%s); %d bad rows skipped",
+        OUT_DIR / CSV_NAME,
+        stats["rows"],
+        ", ".join(f"{k} {v}" for k, v in stats["rows_per_split"].items()),
+        stats["bad_rows"]["skipped"],
+    )
 
 
 def check_sha256(p: Fer2013Params, digest: str) -> None:

@@ -106,9 +106,19 @@ class Report:
 
     reviews: dict[str, dict[str, int]] = field(default_factory=dict)
     tokens: dict[str, list[int]] = field(default_factory=dict)
-    problems: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("bad_file_names", "rating_mismatches", "skipped_files", "empty_files", "invalid_utf8_files",
-         "invalid_utf8_bytes"), 0))
+    problems: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            (
+                "bad_file_names",
+                "rating_mismatches",
+                "skipped_files",
+                "empty_files",
+                "invalid_utf8_files",
+                "invalid_utf8_bytes",
+            ),
+            0,
+        )
+    )
     examples: dict[str, list[str]] = field(default_factory=dict)
     digest: Any = field(default_factory=hashlib.sha256)  # of the normalized tree
     movies: dict[str, int] | None = None  # distinct movies per split, if the source lists them
@@ -132,7 +142,7 @@ def decode_utf8(data: bytes) -> tuple[str, int]:
             parts.append(data[start:].decode("utf-8"))
             return "".join(parts), bad
         except UnicodeDecodeError as exc:
-            parts.append(data[start:start + exc.start].decode("utf-8"))
+            parts.append(data[start : start + exc.start].decode("utf-8"))
             parts.append("\ufffd")
             bad += exc.end - exc.start
             start += exc.end
@@ -162,8 +172,9 @@ def find_root(path: Path) -> Path:
     raise StageError(f"{path}: no aclImdb tree here (expected train/ and test/ in it or in aclImdb/)")
 
 
-def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file: str,
-              archive: Path | None = None) -> Report:
+def normalize(
+    src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file: str, archive: Path | None = None
+) -> Report:
     """Copy the reviews of ``src`` (an aclImdb folder) to ``dst`` as UTF-8, checking each file.
 
     ``archive``: the tarball ``src`` was extracted from (into a scratch folder),
@@ -200,8 +211,9 @@ def normalize(src: Path, dst: Path, folders: list[tuple[str, str]], on_bad_file:
         report.reviews.setdefault(split, {})[label] = 0
         report.tokens.setdefault(split, [])  # train's include unsup reviews, if any
         (dst / split / label).mkdir(parents=True, exist_ok=True)
-    for split, label, path in tqdm(files, desc="checking reviews", unit=" files", file=sys.stderr,
-                                   disable=None, leave=False):
+    for split, label, path in tqdm(
+        files, desc="checking reviews", unit=" files", file=sys.stderr, disable=None, leave=False
+    ):
         relative = f"{split}/{label}/{path.name}"
         check_link(path)
         problem = ("bad_file_names", "not a regular file") if not path.is_file() else name_problem(path.name, label)
@@ -252,8 +264,10 @@ def copy_movie_lists(src: Path, dst: Path, folders: list[tuple[str, str]], where
             raise StageError(f"{where(path)}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
         ids = [int(FILE_NAME.fullmatch(f.name)[1]) for f in (dst / split / label).iterdir()]
         if max(ids) >= len(lines) or any(not lines[i].strip() for i in ids):
-            raise StageError(f"{where(path)}: lists {len(lines)} movies, but review ids go up to {max(ids)} "
-                             f"(line i names the movie of review i)")
+            raise StageError(
+                f"{where(path)}: lists {len(lines)} movies, but review ids go up to {max(ids)} "
+                f"(line i names the movie of review i)"
+            )
         (dst / split / path.name).write_text("\n".join(lines) + "\n", encoding="utf-8")
         movies.setdefault(split, set()).update(lines[i].strip() for i in ids)
     return {split: len(found) for split, found in movies.items()}
@@ -263,8 +277,13 @@ def token_stats(counts: list[int]) -> dict[str, float]:
     import numpy as np
 
     values = np.asarray(counts)
-    return {"min": values.min(), "median": np.median(values), "mean": values.mean(),
-            "p95": np.percentile(values, 95), "max": values.max()}
+    return {
+        "min": values.min(),
+        "median": np.median(values),
+        "mean": values.mean(),
+        "p95": np.percentile(values, 95),
+        "max": values.max(),
+    }
 
 
 def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dict:
@@ -305,8 +324,9 @@ def download_name(url: str) -> str:
     return name if re.fullmatch(r"[\w.+-]+", name or "") else "imdb.tar.gz"
 
 
-def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]],
-            scratch: Path) -> tuple[Path, str | None, Path | None]:
+def acquire(
+    p: ImdbParams, seed: int, folders: list[tuple[str, str]], scratch: Path
+) -> tuple[Path, str | None, Path | None]:
     """The aclImdb folder to normalize (generated or extracted into ``scratch``, or the
     user's), the sha256 of the archive it came from and that archive (None for sample and folder)."""
     from stages.common.archives import extract_archive
@@ -322,8 +342,14 @@ def acquire(p: ImdbParams, seed: int, folders: list[tuple[str, str]],
         return scratch / "aclImdb", None, None
     if p.source == "url":
         archive = download(
-            p.url, DOWNLOADS / download_name(p.url), p.sha256, p.size,
-            connect_timeout=p.connect_timeout, read_timeout=p.read_timeout, retries=p.retries, backoff=p.backoff,
+            p.url,
+            DOWNLOADS / download_name(p.url),
+            p.sha256,
+            p.size,
+            connect_timeout=p.connect_timeout,
+            read_timeout=p.read_timeout,
+            retries=p.retries,
+            backoff=p.backoff,
         )
     else:
         archive = Path(p.path)

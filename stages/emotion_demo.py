@@ -94,8 +94,11 @@ def detect_faces(detector: cv2.CascadeClassifier, gray: np.ndarray) -> list[tupl
     """
     scale = min(1.0, DETECT_MAX_SIDE / max(gray.shape[:2]))
     if scale < 1.0:
-        small = cv2.resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            gray,
+            (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
         min_side = max(24, round(SIDE * scale))  # the cascade's own window is 24×24
         boxes = detector.detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
         height, width = gray.shape[:2]
@@ -111,7 +114,7 @@ def detect_faces(detector: cv2.CascadeClassifier, gray: np.ndarray) -> list[tupl
 def crop(gray: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """The face in ``box``, resized to 48×48 (area averaging when shrinking)."""
     x, y, w, h = box
-    face = gray[y:y + h, x:x + w]
+    face = gray[y : y + h, x : x + w]
     shrink = face.shape[0] > SIDE
     return cv2.resize(face, (SIDE, SIDE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
@@ -123,8 +126,9 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 # --- drawing -------------------------------------------------------------------------------------
 
 
-def annotate(frame: np.ndarray, box: tuple[int, int, int, int], probabilities: np.ndarray,
-             names: Sequence[str]) -> None:
+def annotate(
+    frame: np.ndarray, box: tuple[int, int, int, int], probabilities: np.ndarray, names: Sequence[str]
+) -> None:
     """Draw the face box, its top emotion and one bar per emotion (beside the box, inside the frame)."""
     x, y, w, h = box
     height, width = frame.shape[:2]
@@ -208,8 +212,15 @@ def atomic_video(path: Path, fps: float, size: tuple[int, int]) -> Iterator[cv2.
         tmp.unlink(missing_ok=True)
 
 
-def run_video(capture: cv2.VideoCapture, source: str, detector, model: EmotionModel, out: Path | None,
-              max_frames: int | None, live: bool) -> None:
+def run_video(
+    capture: cv2.VideoCapture,
+    source: str,
+    detector,
+    model: EmotionModel,
+    out: Path | None,
+    max_frames: int | None,
+    live: bool,
+) -> None:
     """Annotate every frame; write them to ``out``, or show them in a window until q or the end."""
     ok, frame = capture.read()
     if not ok:
@@ -269,11 +280,15 @@ def run_image(path: Path, gray: np.ndarray, detector, model: EmotionModel) -> No
         boxes = detect_faces(detector, gray)
         if boxes:
             box = max(boxes, key=lambda b: b[2] * b[3])
-            face, where = crop(gray, box), f"largest of {len(boxes)} face(s) found at x={box[0]} y={box[1]} " \
-                                           f"w={box[2]} h={box[3]}"
+            face, where = (
+                crop(gray, box),
+                f"largest of {len(boxes)} face(s) found at x={box[0]} y={box[1]} w={box[2]} h={box[3]}",
+            )
         else:
-            face, where = crop(gray, (0, 0, gray.shape[1], gray.shape[0])), \
-                "no face found: the whole image, resized to 48×48"
+            face, where = (
+                crop(gray, (0, 0, gray.shape[1], gray.shape[0])),
+                "no face found: the whole image, resized to 48×48",
+            )
     probabilities = model.probabilities(face[None])[0]
     print(f"# {path}: {where}")
     for name, p in zip(model.class_names, probabilities):
@@ -299,8 +314,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--camera", type=int, metavar="INDEX", help="camera index (0: the default camera)")
     source.add_argument("--video", type=Path, metavar="FILE", help="a video file")
     source.add_argument("--image", type=Path, metavar="FILE", help="one image: print the seven probabilities")
-    parser.add_argument("--out", type=Path, metavar="FILE", help="write the annotated video (.mp4 or .avi) "
-                        "instead of showing a window")
+    parser.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the annotated video (.mp4 or .avi) instead of showing a window"
+    )
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"exported model (default {DEFAULT_MODEL})")
     args = parser.parse_args(argv)

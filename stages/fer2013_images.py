@@ -55,8 +55,14 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".pnm", ".t
 _NAMED = re.compile(r"(Training|PublicTest|PrivateTest)_(\d+)")  # a file's stem
 _IGNORED = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # left by archivers and file browsers
 GREY_TOLERANCE = 8  # grey levels between the channels of a colour file that still counts as grey
-BAD_FILE_REASONS = ("unknown_folder", "outside_emotion_folder", "split_mismatch", "unreadable_image", "wrong_size",
-                    "not_grey")
+BAD_FILE_REASONS = (
+    "unknown_folder",
+    "outside_emotion_folder",
+    "split_mismatch",
+    "unreadable_image",
+    "wrong_size",
+    "not_grey",
+)
 EXAMPLES_KEPT = 10
 
 
@@ -70,6 +76,7 @@ def looks_like_image(name: str) -> bool:
 
 def find_root(path: Path) -> Path | None:
     """The folder holding the split folders: ``path`` itself or its only subfolder (an archive's top folder)."""
+
     def has_splits(folder: Path) -> bool:
         return any(c.is_dir() and c.name.lower() in SPLIT_FOLDERS for c in folder.iterdir() if not ignored(c.name))
 
@@ -141,17 +148,26 @@ def list_faces(root: Path, where, bad: BadFiles) -> list[Face]:
                 relative = path.relative_to(root).as_posix()
                 files += 1
                 if len(parts) == 1:
-                    bad.add(where(path), "outside_emotion_folder",
-                            f"not in an emotion folder (expected {split.name}/<emotion>/{name})")
+                    bad.add(
+                        where(path),
+                        "outside_emotion_folder",
+                        f"not in an emotion folder (expected {split.name}/<emotion>/{name})",
+                    )
                     continue
                 label = EMOTION_FOLDERS.get(parts[0].lower())
                 if label is None:
-                    bad.add(where(path), "unknown_folder", f"unknown emotion folder {parts[0]!r} "
-                            f"(expected one of {', '.join(EMOTION_FOLDERS)})")
+                    bad.add(
+                        where(path),
+                        "unknown_folder",
+                        f"unknown emotion folder {parts[0]!r} (expected one of {', '.join(EMOTION_FOLDERS)})",
+                    )
                     continue
                 if len(parts) > 2:
-                    bad.add(where(path), "outside_emotion_folder",
-                            f"in a subfolder of {split.name}/{parts[0]}/ (images belong directly in it)")
+                    bad.add(
+                        where(path),
+                        "outside_emotion_folder",
+                        f"in a subfolder of {split.name}/{parts[0]}/ (images belong directly in it)",
+                    )
                     continue
                 named = _NAMED.fullmatch(Path(name).stem)
                 if named is None:
@@ -185,8 +201,12 @@ def decode(data: bytes) -> tuple[np.ndarray | None, str | None, str | None, bool
     colour = image[:, :, :3].astype(np.int16)
     spread = int((colour.max(axis=2) - colour.min(axis=2)).max())
     if spread > GREY_TOLERANCE:
-        return None, "not_grey", (f"a colour image (channels differ by up to {spread} levels; "
-                                  f"at most {GREY_TOLERANCE} is taken for grey)"), False
+        return (
+            None,
+            "not_grey",
+            (f"a colour image (channels differ by up to {spread} levels; at most {GREY_TOLERANCE} is taken for grey)"),
+            False,
+        )
     return cv2.cvtColor(image[:, :, :3], cv2.COLOR_BGR2GRAY), None, None, True
 
 
@@ -207,8 +227,9 @@ def read_faces(root: Path, where, on_bad_row: str, seed: int, valid_fraction: fl
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     bad = BadFiles(on_bad_row)
     faces = list_faces(root, where, bad)
-    ignored_top = sorted(c.name for c in root.iterdir() if not ignored(c.name)
-                         and not (c.is_dir() and c.name.lower() in SPLIT_FOLDERS))
+    ignored_top = sorted(
+        c.name for c in root.iterdir() if not ignored(c.name) and not (c.is_dir() and c.name.lower() in SPLIT_FOLDERS)
+    )
     pixels = np.empty((len(faces), SIDE, SIDE), dtype=np.uint8)
     kept: list[Face] = []
     converted = 0
@@ -241,5 +262,13 @@ def read_faces(root: Path, where, on_bad_row: str, seed: int, valid_fraction: fl
     order = np.argsort(usages, kind="stable")  # Training, PublicTest, PrivateTest; path order within each
     if converted:
         log.info("%d colour images of grey content converted to grey", converted)
-    return Faces(labels[order], usages[order], pixels[order], bad, valid_split, tree.hexdigest(), converted,
-                 ignored_top[:EXAMPLES_KEPT])
+    return Faces(
+        labels[order],
+        usages[order],
+        pixels[order],
+        bad,
+        valid_split,
+        tree.hexdigest(),
+        converted,
+        ignored_top[:EXAMPLES_KEPT],
+    )

@@ -41,23 +41,69 @@ _CHUNK = 512  # faces drawn per batch; a constant, so the random stream never de
 # mouth_curve: corners up (+) or down (-); mouth_open: height of the opening;
 # mouth_asym: one corner raised (a sneer); teeth: chance of showing teeth;
 # wrinkle: nose wrinkles. All on the 96-pixel canvas.
-_FIELDS = ("brow_raise", "brow_inner", "brow_arch", "eye_open", "mouth_width", "mouth_curve",
-           "mouth_open", "mouth_asym", "teeth", "wrinkle")
-_NEUTRAL = dict(brow_raise=0.0, brow_inner=0.0, brow_arch=1.5, eye_open=4.2, mouth_width=12.0,
-                mouth_curve=0.0, mouth_open=0.0, mouth_asym=0.0, teeth=0.0, wrinkle=0.0)
+_FIELDS = (
+    "brow_raise",
+    "brow_inner",
+    "brow_arch",
+    "eye_open",
+    "mouth_width",
+    "mouth_curve",
+    "mouth_open",
+    "mouth_asym",
+    "teeth",
+    "wrinkle",
+)
+_NEUTRAL = dict(
+    brow_raise=0.0,
+    brow_inner=0.0,
+    brow_arch=1.5,
+    eye_open=4.2,
+    mouth_width=12.0,
+    mouth_curve=0.0,
+    mouth_open=0.0,
+    mouth_asym=0.0,
+    teeth=0.0,
+    wrinkle=0.0,
+)
 _EXPRESSIONS = {
-    "Angry": dict(brow_raise=-2.5, brow_inner=-7.0, brow_arch=0.0, eye_open=3.2, mouth_width=10.5,
-                  mouth_curve=-2.5, mouth_open=1.0, teeth=0.5, wrinkle=0.3),
-    "Disgust": dict(brow_raise=-2.0, brow_inner=-4.0, brow_arch=0.0, eye_open=2.4, mouth_width=12.0,
-                    mouth_curve=-3.0, mouth_open=2.5, mouth_asym=6.0, teeth=0.6, wrinkle=1.0),
-    "Fear": dict(brow_raise=4.5, brow_inner=5.0, brow_arch=0.0, eye_open=7.0, mouth_width=15.0,
-                 mouth_curve=-3.0, mouth_open=6.0, teeth=0.7),
-    "Happy": dict(brow_raise=1.0, brow_arch=2.5, eye_open=2.6, mouth_width=16.0, mouth_curve=7.5,
-                  mouth_open=4.5, teeth=0.9),
-    "Sad": dict(brow_raise=0.0, brow_inner=6.0, brow_arch=-1.0, eye_open=3.0, mouth_width=12.0,
-                mouth_curve=-6.0),
-    "Surprise": dict(brow_raise=7.0, brow_inner=1.0, brow_arch=4.0, eye_open=7.5, mouth_width=8.0,
-                     mouth_open=13.0),
+    "Angry": dict(
+        brow_raise=-2.5,
+        brow_inner=-7.0,
+        brow_arch=0.0,
+        eye_open=3.2,
+        mouth_width=10.5,
+        mouth_curve=-2.5,
+        mouth_open=1.0,
+        teeth=0.5,
+        wrinkle=0.3,
+    ),
+    "Disgust": dict(
+        brow_raise=-2.0,
+        brow_inner=-4.0,
+        brow_arch=0.0,
+        eye_open=2.4,
+        mouth_width=12.0,
+        mouth_curve=-3.0,
+        mouth_open=2.5,
+        mouth_asym=6.0,
+        teeth=0.6,
+        wrinkle=1.0,
+    ),
+    "Fear": dict(
+        brow_raise=4.5,
+        brow_inner=5.0,
+        brow_arch=0.0,
+        eye_open=7.0,
+        mouth_width=15.0,
+        mouth_curve=-3.0,
+        mouth_open=6.0,
+        teeth=0.7,
+    ),
+    "Happy": dict(
+        brow_raise=1.0, brow_arch=2.5, eye_open=2.6, mouth_width=16.0, mouth_curve=7.5, mouth_open=4.5, teeth=0.9
+    ),
+    "Sad": dict(brow_raise=0.0, brow_inner=6.0, brow_arch=-1.0, eye_open=3.0, mouth_width=12.0, mouth_curve=-6.0),
+    "Surprise": dict(brow_raise=7.0, brow_inner=1.0, brow_arch=4.0, eye_open=7.5, mouth_width=8.0, mouth_open=13.0),
     "Neutral": {},
 }
 _TARGETS = np.array([[{**_NEUTRAL, **_EXPRESSIONS[e]}[f] for f in _FIELDS] for e in EMOTIONS])
@@ -92,15 +138,34 @@ def draw_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     intensity = u(0.35, 1.0)
     expression = _BASE + intensity[:, None] * (_TARGETS[labels] - _BASE) + rng.normal(size=(n, len(_FIELDS))) * _JITTER
     person = dict(
-        face_rx=u(25, 31), face_ry=u(33, 39), eye_dx=u(10.5, 13.5), eye_y=u(40, 45), brow_gap=u(7, 10),
-        mouth_y=u(70, 76), eye_w=u(5, 7), brow_thick=u(3, 6), lip_thick=u(2, 4), skin=u(110, 220),
-        ink=u(55, 120), hair_tone=u(10, 90), hair=rng.integers(0, 4, n), side=rng.choice([-1.0, 1.0], n),
+        face_rx=u(25, 31),
+        face_ry=u(33, 39),
+        eye_dx=u(10.5, 13.5),
+        eye_y=u(40, 45),
+        brow_gap=u(7, 10),
+        mouth_y=u(70, 76),
+        eye_w=u(5, 7),
+        brow_thick=u(3, 6),
+        lip_thick=u(2, 4),
+        skin=u(110, 220),
+        ink=u(55, 120),
+        hair_tone=u(10, 90),
+        hair=rng.integers(0, 4, n),
+        side=rng.choice([-1.0, 1.0], n),
         teeth_roll=u(0, 1),
     )
     pose = dict(angle=rng.normal(0, 7, n), scale=u(0.85, 1.12), dx=rng.normal(0, 1.8, n), dy=rng.normal(0, 1.8, n))
-    light = dict(bg=u(20, 235), bg_tilt=u(-50, 50), bg_dir=u(0, 2 * np.pi), shade=u(0, 0.45),
-                 shade_dir=u(0, 2 * np.pi), contrast=u(0.65, 1.2), brightness=u(-30, 30),
-                 blur=u(0.0, 1.0), noise=u(1.0, 9.0))
+    light = dict(
+        bg=u(20, 235),
+        bg_tilt=u(-50, 50),
+        bg_dir=u(0, 2 * np.pi),
+        shade=u(0, 0.45),
+        shade_dir=u(0, 2 * np.pi),
+        contrast=u(0.65, 1.2),
+        brightness=u(-30, 30),
+        blur=u(0.0, 1.0),
+        noise=u(1.0, 9.0),
+    )
     texture = rng.normal(0, 18, (n, 6, 6))
     noise = rng.standard_normal((n, SIDE, SIDE))
 
@@ -112,13 +177,22 @@ def draw_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         face, mask = _draw_canonical(p, e)
         matrix = cv2.getRotationMatrix2D((CANVAS / 2, CANVAS / 2 + 2), float(pose["angle"][i]), float(pose["scale"][i]))
         matrix[:, 2] += (2 * pose["dx"][i], 2 * pose["dy"][i])
-        face = cv2.resize(cv2.warpAffine(face, matrix, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR), (SIDE, SIDE),
-                          interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(cv2.warpAffine(mask, matrix, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR), (SIDE, SIDE),
-                          interpolation=cv2.INTER_AREA)
+        face = cv2.resize(
+            cv2.warpAffine(face, matrix, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR),
+            (SIDE, SIDE),
+            interpolation=cv2.INTER_AREA,
+        )
+        mask = cv2.resize(
+            cv2.warpAffine(mask, matrix, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR),
+            (SIDE, SIDE),
+            interpolation=cv2.INTER_AREA,
+        )
         ramp = np.cos(light["bg_dir"][i]) * xx + np.sin(light["bg_dir"][i]) * yy
-        background = light["bg"][i] + light["bg_tilt"][i] * ramp + cv2.resize(texture[i], (SIDE, SIDE),
-                                                                               interpolation=cv2.INTER_CUBIC)
+        background = (
+            light["bg"][i]
+            + light["bg_tilt"][i] * ramp
+            + cv2.resize(texture[i], (SIDE, SIDE), interpolation=cv2.INTER_CUBIC)
+        )
         image = background * (1 - mask) + face * mask
         shade = np.cos(light["shade_dir"][i]) * xx + np.sin(light["shade_dir"][i]) * yy
         image = image * (1 + light["shade"][i] * shade)  # light from one side
@@ -138,10 +212,27 @@ def _poly(points: np.ndarray) -> np.ndarray:
     return np.rint(points * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
 
 
-def _ellipse(img: np.ndarray, center: tuple[float, float], axes: tuple[float, float], color: float,
-             thickness: int = -1, start: float = 0, end: float = 360) -> None:
-    cv2.ellipse(img, _pt(*center), _pt(max(axes[0], 0.5), max(axes[1], 0.5)), 0, start, end, color,
-                thickness, cv2.LINE_AA, _SHIFT)
+def _ellipse(
+    img: np.ndarray,
+    center: tuple[float, float],
+    axes: tuple[float, float],
+    color: float,
+    thickness: int = -1,
+    start: float = 0,
+    end: float = 360,
+) -> None:
+    cv2.ellipse(
+        img,
+        _pt(*center),
+        _pt(max(axes[0], 0.5), max(axes[1], 0.5)),
+        0,
+        start,
+        end,
+        color,
+        thickness,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
 
 
 def _draw_canonical(p: dict[str, float], e: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +244,14 @@ def _draw_canonical(p: dict[str, float], e: dict[str, float]) -> tuple[np.ndarra
     rx, ry = p["face_rx"], p["face_ry"]
 
     # Neck and shoulders first, then hair behind the face, then the face.
-    neck = np.array([[cx - rx * 0.55, cy + ry * 0.6], [cx + rx * 0.55, cy + ry * 0.6],
-                     [cx + rx * 0.7, CANVAS], [cx - rx * 0.7, CANVAS]])
+    neck = np.array(
+        [
+            [cx - rx * 0.55, cy + ry * 0.6],
+            [cx + rx * 0.55, cy + ry * 0.6],
+            [cx + rx * 0.7, CANVAS],
+            [cx - rx * 0.7, CANVAS],
+        ]
+    )
     for img, color in ((face, skin * 0.8), (mask, 1.0)):
         cv2.fillPoly(img, [_poly(neck)], color, cv2.LINE_AA, _SHIFT)
     if p["hair"] > 0:  # 0: no hair visible; 1–3: short, medium, long
@@ -170,9 +267,13 @@ def _draw_canonical(p: dict[str, float], e: dict[str, float]) -> tuple[np.ndarra
         ex, ey = cx + sign * p["eye_dx"], p["eye_y"]
         # Brow: inner end, middle, outer end.
         by = ey - p["brow_gap"] - e["brow_raise"]
-        brow = np.array([[cx + sign * (p["eye_dx"] - 6), by - e["brow_inner"]],
-                         [ex + sign * 1, by - e["brow_arch"] - 0.4 * e["brow_inner"]],
-                         [ex + sign * 8, by + 1]])
+        brow = np.array(
+            [
+                [cx + sign * (p["eye_dx"] - 6), by - e["brow_inner"]],
+                [ex + sign * 1, by - e["brow_arch"] - 0.4 * e["brow_inner"]],
+                [ex + sign * 8, by + 1],
+            ]
+        )
         cv2.polylines(face, [_poly(brow)], False, ink, max(1, round(p["brow_thick"])), cv2.LINE_AA, _SHIFT)
         # Eye: white, iris, upper lid; a nearly closed eye is just the lid line.
         h = max(e["eye_open"], 0.6)
@@ -186,14 +287,20 @@ def _draw_canonical(p: dict[str, float], e: dict[str, float]) -> tuple[np.ndarra
 
     # Nose: a shaded ridge and the nostrils.
     ny = (p["eye_y"] + p["mouth_y"]) / 2 + 3
-    cv2.polylines(face, [_poly(np.array([[cx + 1, p["eye_y"] + 4], [cx - 3, ny], [cx + 2, ny + 1]]))], False,
-                  (skin + ink) / 2, 2, cv2.LINE_AA, _SHIFT)
+    cv2.polylines(
+        face,
+        [_poly(np.array([[cx + 1, p["eye_y"] + 4], [cx - 3, ny], [cx + 2, ny + 1]]))],
+        False,
+        (skin + ink) / 2,
+        2,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
 
     # Mouth: a curve through the corners, opened into an oval; corners up = smile.
     w = max(e["mouth_width"], 4.0)
     t = np.linspace(-1, 1, 17)
-    midline = (p["mouth_y"] - e["mouth_curve"] * (t**2 - 0.3)
-               - e["mouth_asym"] * np.clip(p["side"] * t, 0, None) * 0.8)
+    midline = p["mouth_y"] - e["mouth_curve"] * (t**2 - 0.3) - e["mouth_asym"] * np.clip(p["side"] * t, 0, None) * 0.8
     opening = max(e["mouth_open"], 0.0) * np.sqrt(1 - t**2)
     upper = np.stack([cx + w * t, midline - 0.35 * opening], axis=1)
     lower = np.stack([cx + w * t, midline + 0.65 * opening], axis=1)

@@ -58,11 +58,18 @@ class GateParams(Section):
     metrics_demo_multiclass: Bounds = _bounds({"test_accuracy": 0.85, "test_macro_f1": 0.85}, {"train_loss": 0.3})
     metrics_demo_imbalanced: Bounds = _bounds({"test_roc_auc": 0.85, "test_macro_f1": 0.6}, {"train_loss": 0.3})
     metrics_demo_regression: Bounds = _bounds({"test_r2": 0.5}, {"test_mse": 1500.0})
-    save_restore: Bounds = _bounds({"test_accuracy": 0.85},
-                                   {"max_abs_diff": 0.0, "checkpoint_max_abs_diff": 0.0,
-                                    "saved_model_max_abs_diff": 0.0, "continued_train_loss": 0.3})
-    train_emotion_cnn: Bounds = _bounds({"test_accuracy": 0.55, "test_macro_f1": 0.45, "valid_accuracy": 0.55},
-                                        {"export_max_abs_diff": 1e-5})
+    save_restore: Bounds = _bounds(
+        {"test_accuracy": 0.85},
+        {
+            "max_abs_diff": 0.0,
+            "checkpoint_max_abs_diff": 0.0,
+            "saved_model_max_abs_diff": 0.0,
+            "continued_train_loss": 0.3,
+        },
+    )
+    train_emotion_cnn: Bounds = _bounds(
+        {"test_accuracy": 0.55, "test_macro_f1": 0.45, "valid_accuracy": 0.55}, {"export_max_abs_diff": 1e-5}
+    )
     train_sentiment_rnn: Bounds = _bounds({"test_accuracy": 0.70, "test_auc": 0.78})
     train_load_rnn: Bounds = _bounds({"skill_vs_best_naive": 0.2})
 

@@ -40,44 +40,229 @@ MIN_TOKENS, MAX_TOKENS = 10, 2_700
 SENTIMENT_SHARE = 0.35  # of sentences
 PARAGRAPH_BREAK = 0.12  # chance of <br /><br /> between two sentences
 
-POSITIVE = ["good", "great", "excellent", "wonderful", "brilliant", "superb", "enjoyable", "moving",
-            "charming", "delightful", "gripping", "beautiful", "clever", "memorable", "funny",
-            "touching", "solid", "impressive", "fantastic", "engaging", "stunning", "witty"]
-NEGATIVE = ["bad", "awful", "terrible", "boring", "dull", "dreadful", "weak", "poor", "tedious",
-            "clumsy", "predictable", "silly", "forgettable", "painful", "lazy", "confusing", "flat",
-            "bland", "annoying", "disappointing", "pointless", "messy"]
-ASPECTS = ["acting", "plot", "script", "story", "direction", "dialogue", "soundtrack", "ending",
-           "cinematography", "pacing", "editing", "score", "cast", "lead performance", "humour",
-           "camera work", "screenplay", "premise", "final act", "special effects", "villain",
-           "first half", "romance", "photography"]
+POSITIVE = [
+    "good",
+    "great",
+    "excellent",
+    "wonderful",
+    "brilliant",
+    "superb",
+    "enjoyable",
+    "moving",
+    "charming",
+    "delightful",
+    "gripping",
+    "beautiful",
+    "clever",
+    "memorable",
+    "funny",
+    "touching",
+    "solid",
+    "impressive",
+    "fantastic",
+    "engaging",
+    "stunning",
+    "witty",
+]
+NEGATIVE = [
+    "bad",
+    "awful",
+    "terrible",
+    "boring",
+    "dull",
+    "dreadful",
+    "weak",
+    "poor",
+    "tedious",
+    "clumsy",
+    "predictable",
+    "silly",
+    "forgettable",
+    "painful",
+    "lazy",
+    "confusing",
+    "flat",
+    "bland",
+    "annoying",
+    "disappointing",
+    "pointless",
+    "messy",
+]
+ASPECTS = [
+    "acting",
+    "plot",
+    "script",
+    "story",
+    "direction",
+    "dialogue",
+    "soundtrack",
+    "ending",
+    "cinematography",
+    "pacing",
+    "editing",
+    "score",
+    "cast",
+    "lead performance",
+    "humour",
+    "camera work",
+    "screenplay",
+    "premise",
+    "final act",
+    "special effects",
+    "villain",
+    "first half",
+    "romance",
+    "photography",
+]
 FILM = ["film", "movie", "picture", "story", "production"]
 INTENSIFIERS = ["", "", "", "really ", "very ", "truly ", "quite ", "rather ", "so "]
 LINK = ["was", "is", "felt", "seemed"]
 VERDICT = {
-    1: ["Overall, I would recommend it.", "I would not hesitate to recommend it.", "Do not miss it.",
-        "I will watch it again.", "Highly recommended."],
-    -1: ["Overall, I would not recommend it.", "I can not recommend it.", "Do not waste your time.",
-         "I will not watch it again.", "Avoid it."],
+    1: [
+        "Overall, I would recommend it.",
+        "I would not hesitate to recommend it.",
+        "Do not miss it.",
+        "I will watch it again.",
+        "Highly recommended.",
+    ],
+    -1: [
+        "Overall, I would not recommend it.",
+        "I can not recommend it.",
+        "Do not waste your time.",
+        "I will not watch it again.",
+        "Avoid it.",
+    ],
 }
 
-ROLES = ["detective", "teacher", "soldier", "widow", "farmer", "journalist", "nurse", "lawyer",
-         "priest", "boxer", "pilot", "student", "painter", "singer", "thief", "doctor", "mechanic",
-         "waitress", "sailor", "banker", "scientist", "cowboy", "spy", "chef", "miner", "dancer"]
-ACTIONS = ["moves to a small town", "returns home", "loses a job", "meets an old friend",
-           "inherits a house", "joins the army", "travels across the country", "opens a restaurant",
-           "investigates a murder", "falls in love", "runs away", "starts a band", "buys a boat",
-           "writes a novel", "hides a secret", "searches for a brother", "takes over the family farm",
-           "witnesses a robbery", "gets lost in the woods", "trains for a fight"]
-PLACES = ["Paris", "Chicago", "a small village", "the desert", "New York", "London", "a coastal town",
-          "Texas", "Tokyo", "the mountains", "a café in Montréal", "Berlin", "a prison", "a hospital",
-          "a ranch", "an island", "the suburbs", "Rome", "a mining town", "São Paulo"]
-WHEN = ["last night", "on a plane", "at a festival", "on late night television", "years ago",
-        "on a rainy Sunday", "at the cinema", "on video", "with some friends", "after work"]
-RELATIVES = ["wife", "husband", "brother", "sister", "father", "mother", "son", "daughter", "friend",
-             "roommate", "grandmother", "uncle"]
+ROLES = [
+    "detective",
+    "teacher",
+    "soldier",
+    "widow",
+    "farmer",
+    "journalist",
+    "nurse",
+    "lawyer",
+    "priest",
+    "boxer",
+    "pilot",
+    "student",
+    "painter",
+    "singer",
+    "thief",
+    "doctor",
+    "mechanic",
+    "waitress",
+    "sailor",
+    "banker",
+    "scientist",
+    "cowboy",
+    "spy",
+    "chef",
+    "miner",
+    "dancer",
+]
+ACTIONS = [
+    "moves to a small town",
+    "returns home",
+    "loses a job",
+    "meets an old friend",
+    "inherits a house",
+    "joins the army",
+    "travels across the country",
+    "opens a restaurant",
+    "investigates a murder",
+    "falls in love",
+    "runs away",
+    "starts a band",
+    "buys a boat",
+    "writes a novel",
+    "hides a secret",
+    "searches for a brother",
+    "takes over the family farm",
+    "witnesses a robbery",
+    "gets lost in the woods",
+    "trains for a fight",
+]
+PLACES = [
+    "Paris",
+    "Chicago",
+    "a small village",
+    "the desert",
+    "New York",
+    "London",
+    "a coastal town",
+    "Texas",
+    "Tokyo",
+    "the mountains",
+    "a café in Montréal",
+    "Berlin",
+    "a prison",
+    "a hospital",
+    "a ranch",
+    "an island",
+    "the suburbs",
+    "Rome",
+    "a mining town",
+    "São Paulo",
+]
+WHEN = [
+    "last night",
+    "on a plane",
+    "at a festival",
+    "on late night television",
+    "years ago",
+    "on a rainy Sunday",
+    "at the cinema",
+    "on video",
+    "with some friends",
+    "after work",
+]
+RELATIVES = [
+    "wife",
+    "husband",
+    "brother",
+    "sister",
+    "father",
+    "mother",
+    "son",
+    "daughter",
+    "friend",
+    "roommate",
+    "grandmother",
+    "uncle",
+]
 SOURCES = ["novel", "play", "comic book", "short story", "true story", "earlier version"]
-SYLLABLES = ["ka", "lo", "mar", "vin", "te", "sa", "ro", "bel", "dan", "el", "mi", "no", "ra", "tor",
-             "an", "li", "go", "ver", "su", "win", "ha", "del", "cor", "ny", "pe", "ist", "wen", "ol"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mar",
+    "vin",
+    "te",
+    "sa",
+    "ro",
+    "bel",
+    "dan",
+    "el",
+    "mi",
+    "no",
+    "ra",
+    "tor",
+    "an",
+    "li",
+    "go",
+    "ver",
+    "su",
+    "win",
+    "ha",
+    "del",
+    "cor",
+    "ny",
+    "pe",
+    "ist",
+    "wen",
+    "ol",
+]
 
 
 def _name(rnd: random.Random) -> str:
@@ -125,21 +310,25 @@ def _sentiment(rnd: random.Random, polarity: int, negation_share: float) -> str:
         return f"Although the {other} {link} {first}, the {aspect} {link} {second}."
     if kind < 0.18 + negation_share:  # negation flips the adjective
         word = _adjective(rnd, -polarity)
-        return rnd.choice((
-            f"The {aspect} {link} not {word}.",
-            f"I did not find the {aspect} {word} at all.",
-            f"This is not a {word} {film}.",
-            f"The {aspect} was never {word}.",
-            f"Nobody could call the {aspect} {word}.",
-        ))
+        return rnd.choice(
+            (
+                f"The {aspect} {link} not {word}.",
+                f"I did not find the {aspect} {word} at all.",
+                f"This is not a {word} {film}.",
+                f"The {aspect} was never {word}.",
+                f"Nobody could call the {aspect} {word}.",
+            )
+        )
     word = _adjective(rnd, polarity)
-    return rnd.choice((
-        f"The {aspect} {link} {rnd.choice(INTENSIFIERS)}{word}.",
-        f"I found the {aspect} {word}.",
-        f"This is a {word} {film}.",
-        f"What a {word} {film}!",
-        f"The {aspect} is {word} from start to finish.",
-    ))
+    return rnd.choice(
+        (
+            f"The {aspect} {link} {rnd.choice(INTENSIFIERS)}{word}.",
+            f"I found the {aspect} {word}.",
+            f"This is a {word} {film}.",
+            f"What a {word} {film}!",
+            f"The {aspect} is {word} from start to finish.",
+        )
+    )
 
 
 def compose_review(rnd: random.Random, polarity: int, n_tokens: int, strength: float) -> str:

@@ -106,15 +106,19 @@ def main() -> None:
     from stages.common.outputs import atomic_outputs, write_json
 
     # Check every input before any output: a damaged shard fails here, by name.
-    inputs = {name: pipelines.dataset_files(path, p.split)
-              for name, path in (("fer2013", FER_DIR), ("imdb", IMDB_DIR), ("series", SERIES_DIR))}
+    inputs = {
+        name: pipelines.dataset_files(path, p.split)
+        for name, path in (("fer2013", FER_DIR), ("imdb", IMDB_DIR), ("series", SERIES_DIR))
+    }
     shuffle = {"shuffle_seed": seed, "epoch": 0}
     images, labels = first_batch(
-        pipelines.image_batches(FER_DIR, p.split, p.image_batch_size, cache=False, **shuffle), inputs["fer2013"])
+        pipelines.image_batches(FER_DIR, p.split, p.image_batch_size, cache=False, **shuffle), inputs["fer2013"]
+    )
     text, targets = first_batch(pipelines.text_batches(IMDB_DIR, p.split, p.text_batch_size, **shuffle), inputs["imdb"])
     windows, window_targets = first_batch(
         pipelines.series_batches(SERIES_DIR, p.split, p.series_batch_size, metadata=True, cache=False, **shuffle),
-        inputs["series"])
+        inputs["series"],
+    )
     fer_spec = pipelines.read_spec(FER_DIR)
     with atomic_outputs() as out:
         plot_faces(images, labels, fer_spec["class_names"], out.file(PLOTS / "fer2013_batch.png"))

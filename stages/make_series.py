@@ -63,8 +63,10 @@ SAMPLE_FILE = "entsoe_total_load.csv"
 REPORT = Path("metrics/data_series.json")
 DOWNLOAD_DIR = Path("data/downloads/series")  # source: url; an out of this stage only
 # Tutorial 09's own file (REFERENCE.md): 29,232 hourly rows, 2015-01-01 to 2018-05-02.
-TUTORIAL_URL = ("https://raw.githubusercontent.com/madalinabuzau/tensorflow-eager-tutorials/master/"
-                "datasets/load_forecasting/spain_hourly_entsoe.csv")
+TUTORIAL_URL = (
+    "https://raw.githubusercontent.com/madalinabuzau/tensorflow-eager-tutorials/master/"
+    "datasets/load_forecasting/spain_hourly_entsoe.csv"
+)
 TUTORIAL_SHA256 = "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
 
 LOCAL_TZ = series_sample.LOCAL_TZ  # all ENTSO-E "CET" exports use the CET/CEST clock
@@ -99,8 +101,12 @@ class SeriesParams(Section):
     sha256: str | None = Field(TUTORIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$", description="required with url")
     size: int | None = Field(None, gt=0, description="bytes expected from url (optional)")
     on_bad_row: Literal["fail", "skip"] = "fail"
-    max_gap_hours: int = Field(72, ge=1, description="longest run of hours without a load value that may be "
-                               "interpolated later; a longer one stops the stage")
+    max_gap_hours: int = Field(
+        72,
+        ge=1,
+        description="longest run of hours without a load value that may be "
+        "interpolated later; a longer one stops the stage",
+    )
     synthetic: Synthetic = Synthetic()
 
     @model_validator(mode="after")
@@ -174,7 +180,9 @@ def _columns(header: list[str], name: str) -> tuple[str, int | None, int]:
     return header[0], positions[0], positions[1]
 
 
-def _parse_row(row: list[str], header: list[str], i_actual: int, i_forecast: int | None) -> tuple[dt.datetime, str | None, float, float]:
+def _parse_row(
+    row: list[str], header: list[str], i_actual: int, i_forecast: int | None
+) -> tuple[dt.datetime, str | None, float, float]:
     """(local start, CET/CEST marker or None, actual, forecast); ValueError says what is wrong."""
     if len(row) != len(header):
         raise ValueError(f"{len(row)} fields, the header has {len(header)}")
@@ -221,7 +229,9 @@ def parse_entsoe(text: str, name: str, on_bad_row: str = "fail") -> Parsed:
                 kept.append(_parse_row(row, header, i_actual, i_forecast))
             except ValueError as exc:
                 if on_bad_row == "fail":
-                    raise StageError(f"{name} line {reader.line_num}: {exc} (series.on_bad_row: skip drops such rows)") from None
+                    raise StageError(
+                        f"{name} line {reader.line_num}: {exc} (series.on_bad_row: skip drops such rows)"
+                    ) from None
                 out.bad_rows += 1
                 if len(out.bad_examples) < EXAMPLES:
                     out.bad_examples.append(f"line {reader.line_num}: {exc}")
@@ -272,8 +282,13 @@ def _to_utc(starts: list[dt.datetime], markers: list[str | None], zone: str, out
 
 def hourly_grid(parsed: Parsed) -> tuple[pd.DataFrame, dict]:
     """The parsed rows on a complete UTC hourly grid, and what was found doing it."""
-    frame = pd.DataFrame({"utc": pd.DatetimeIndex(parsed.utc, dtype="datetime64[us]"),
-                          "load_mw": parsed.load, "forecast_mw": parsed.forecast})
+    frame = pd.DataFrame(
+        {
+            "utc": pd.DatetimeIndex(parsed.utc, dtype="datetime64[us]"),
+            "load_mw": parsed.load,
+            "forecast_mw": parsed.forecast,
+        }
+    )
     duplicated = frame["utc"].duplicated(keep="first")  # keep the row the export listed first
     duplicates = sorted(set(frame.loc[duplicated, "utc"]))
     frame = frame[~duplicated].sort_values("utc").set_index("utc")
@@ -311,9 +326,11 @@ def check_gaps(grid: pd.DataFrame, name: str, max_gap_hours: int) -> int:
     """
     hours, first, last = longest_gap(grid)
     if hours > max_gap_hours:
-        raise StageError(f"{name}: no load values for {hours} hours, from {_iso(first)} to {_iso(last)} "
-                         f"(longer than series.max_gap_hours: {max_gap_hours}; they would be interpolated). "
-                         f"Use a file without the gap, or raise series.max_gap_hours")
+        raise StageError(
+            f"{name}: no load values for {hours} hours, from {_iso(first)} to {_iso(last)} "
+            f"(longer than series.max_gap_hours: {max_gap_hours}; they would be interpolated). "
+            f"Use a file without the gap, or raise series.max_gap_hours"
+        )
     return hours
 
 
@@ -330,13 +347,16 @@ def _stats(values: pd.Series) -> dict:
 
 def write_series(path: Path, grid: pd.DataFrame) -> None:
     """``timestamp_utc,load_mw,forecast_mw``; whole MW as integers, blank where missing."""
+
     def cell(v: float) -> int | float | None:
         if math.isnan(v):
             return None  # a blank cell
         return int(v) if v.is_integer() else round(v, 3)
 
-    rows = ((_iso(when), cell(load), cell(forecast))
-            for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"]))
+    rows = (
+        (_iso(when), cell(load), cell(forecast))
+        for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"])
+    )
     write_csv(path, ["timestamp_utc", "load_mw", "forecast_mw"], rows)
 
 
@@ -408,9 +428,16 @@ def main() -> None:
     log.info(
         "%s: %d hours %s .. %s, %d missing load values, %d missing hours in %d gaps, %d duplicates, "
         "%d DST gaps, %d bad rows",
-        name, len(grid), data_report["first_timestamp_utc"], data_report["last_timestamp_utc"],
-        data_report["missing_load_values"], found["missing_hours"], found["gaps"], found["duplicates"],
-        parsed.dst_gap_rows, parsed.bad_rows,
+        name,
+        len(grid),
+        data_report["first_timestamp_utc"],
+        data_report["last_timestamp_utc"],
+        data_report["missing_load_values"],
+        found["missing_hours"],
+        found["gaps"],
+        found["duplicates"],
+        parsed.dst_gap_rows,
+        parsed.bad_rows,
     )
 
 

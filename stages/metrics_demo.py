@@ -53,7 +53,7 @@ def classification_metrics(trainer, x, y, num_classes: int, batch_size: int) -> 
     auc = keras.metrics.AUC(num_thresholds=ROC_THRESHOLDS, curve="ROC", summation_method="interpolation")
     predicted = []
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         logits = trainer.predict_step(xb)
         confusion.update_state(yb, logits)
         if num_classes == 2:
@@ -78,7 +78,7 @@ def regression_metrics(trainer, x, y, batch_size: int) -> tuple[dict, dict]:
     r2, mse, mae = keras.metrics.R2Score(), keras.metrics.MeanSquaredError(), keras.metrics.MeanAbsoluteError()
     predicted = []
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size, None]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size, None]
         values = trainer.predict_step(xb)
         for metric in (r2, mse, mae):
             metric.update_state(yb, values)
@@ -116,8 +116,13 @@ def main() -> None:
     trainer = Trainer(model, keras.optimizers.SGD(learning_rate=p.learning_rate), loss, metrics, p.run_eagerly)
     stage = f"metrics_demo_{problem}"
     ckpt = checkpoint_dir(CHECKPOINTS, stage, p, seed)
-    history = trainer.fit(array_batches(data.x_train, y_train, p.batch_size, seed=seed), p.epochs,
-                          checkpoint_dir=ckpt, checkpoint_every_s=p.checkpoint_every_s, desc=stage)
+    history = trainer.fit(
+        array_batches(data.x_train, y_train, p.batch_size, seed=seed),
+        p.epochs,
+        checkpoint_dir=ckpt,
+        checkpoint_every_s=p.checkpoint_every_s,
+        desc=stage,
+    )
 
     if regression:
         results, plots = regression_metrics(trainer, data.x_test, data.y_test, p.batch_size)

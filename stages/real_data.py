@@ -98,8 +98,12 @@ def run_experiment(command: list[str]) -> tuple[int, dict[str, float], float]:
 
 def experiment_rev(name: str) -> str:
     """The commit of the experiment called ``name`` (refs/exps/.../<name>)."""
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
     if len(found) != 1:
         raise StageError(f"experiment {name!r}: {len(found)} refs found under refs/exps (expected 1)")
@@ -110,10 +114,16 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
     """Copy the experiment's metrics, plots, params and lock into ``dest``; write run.json and recipe.yaml."""
     from stages.common.outputs import atomic_outputs, write_json
 
-    listing = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev], capture_output=True, text=True,
-                             check=True).stdout.splitlines()
-    wanted = [name for name in listing if name in ("params.yaml", "dvc.lock")
-              or (name.startswith("metrics/") and name.endswith(".json")) or KEPT_PLOTS.fullmatch(name)]
+    listing = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", rev], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    wanted = [
+        name
+        for name in listing
+        if name in ("params.yaml", "dvc.lock")
+        or (name.startswith("metrics/") and name.endswith(".json"))
+        or KEPT_PLOTS.fullmatch(name)
+    ]
     with atomic_outputs() as out:
         folder = out.directory(dest)
         for name in wanted:
@@ -131,8 +141,11 @@ def machine() -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     versions = {}
@@ -141,13 +154,20 @@ def machine() -> dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            **versions, "numerics": os.environ.get("EAGER_PIPELINE_NUMERICS", "reproducible")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        **versions,
+        "numerics": os.environ.get("EAGER_PIPELINE_NUMERICS", "reproducible"),
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.real_data",
-                                     description="Run the pipeline on the real datasets as a DVC experiment.")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.real_data", description="Run the pipeline on the real datasets as a DVC experiment."
+    )
     for option in SOURCES:
         parser.add_argument(f"--{option}", metavar="PATH", help=f"local {option} data (sets {option}.source: path)")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help=f"params to set (default: {RECIPE})")
@@ -181,13 +201,20 @@ def main(argv: list[str] | None = None) -> None:
     if code != 0:
         raise StageError(f"dvc exp run failed (exit {code}); the workspace is unchanged")
     rev = experiment_rev(args.name)
-    info = {"experiment": args.name, "experiment_rev": rev,
-            "baseline_rev": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-            "started_utc": started.isoformat(timespec="seconds"), "wall_seconds": total,
-            "stage_seconds": stages, "machine": machine()}
+    info = {
+        "experiment": args.name,
+        "experiment_rev": rev,
+        "baseline_rev": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_seconds": total,
+        "stage_seconds": stages,
+        "machine": machine(),
+    }
     kept = keep_results(rev, info, values, args.results)
-    print(f"{len(kept)} files of experiment {args.name} ({rev[:8]}) -> {args.results}/ (commit them to keep them);"
-          f" dvc exp show compares it with the workspace")
+    print(
+        f"{len(kept)} files of experiment {args.name} ({rev[:8]}) -> {args.results}/ (commit them to keep them);"
+        f" dvc exp show compares it with the workspace"
+    )
 
 
 if __name__ == "__main__":

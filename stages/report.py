@@ -41,18 +41,31 @@ from stages.train_sentiment_rnn import TrainSentimentRnnParams
 SUMMARY = Path("reports/summary.md")
 GATE = Path("metrics/gate.json")
 PLOTS = Path("plots")
-DATA_REPORTS = {"aclImdb reviews": "metrics/data_imdb.json", "FER2013 faces": "metrics/data_fer2013.json",
-                "hourly load": "metrics/data_series.json"}
+DATA_REPORTS = {
+    "aclImdb reviews": "metrics/data_imdb.json",
+    "FER2013 faces": "metrics/data_fer2013.json",
+    "hourly load": "metrics/data_series.json",
+}
 
 # params.yaml section -> the model its stage validates it with (the defaults to compare against)
 SECTIONS: dict[str, type[BaseModel]] = {
-    "toy_data": ToyDataParams, "simple_nn": SimpleNNParams, "metrics_demo.multiclass": ProblemParams,
-    "metrics_demo.imbalanced": ProblemParams, "metrics_demo.regression": ProblemParams,
-    "save_restore": SaveRestoreParams, "imdb": ImdbParams, "fer2013": Fer2013Params, "series": SeriesParams,
-    "tfrecords_imdb": TFRecordsImdbParams, "tfrecords_fer2013": TfrecordsFer2013Params,
-    "tfrecords_series": TfrecordsSeriesParams, "inspect_batches": InspectBatchesParams,
-    "train_load_rnn": TrainLoadRnnParams, "train_emotion_cnn": TrainEmotionCnnParams,
-    "train_sentiment_rnn": TrainSentimentRnnParams, "gate": GateParams,
+    "toy_data": ToyDataParams,
+    "simple_nn": SimpleNNParams,
+    "metrics_demo.multiclass": ProblemParams,
+    "metrics_demo.imbalanced": ProblemParams,
+    "metrics_demo.regression": ProblemParams,
+    "save_restore": SaveRestoreParams,
+    "imdb": ImdbParams,
+    "fer2013": Fer2013Params,
+    "series": SeriesParams,
+    "tfrecords_imdb": TFRecordsImdbParams,
+    "tfrecords_fer2013": TfrecordsFer2013Params,
+    "tfrecords_series": TfrecordsSeriesParams,
+    "inspect_batches": InspectBatchesParams,
+    "train_load_rnn": TrainLoadRnnParams,
+    "train_emotion_cnn": TrainEmotionCnnParams,
+    "train_sentiment_rnn": TrainSentimentRnnParams,
+    "gate": GateParams,
 }
 
 # What the original TensorFlow 1.7 notebooks printed (shared/REFERENCE.md), per metrics file.
@@ -102,8 +115,9 @@ def changed_params(params: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         node: Any = params
         for part in section.split("."):
             node = node.get(part, {}) if isinstance(node, dict) else {}
-        required = {name: node[name] for name, field in model.model_fields.items()
-                    if field.is_required() and name in node}
+        required = {
+            name: node[name] for name, field in model.model_fields.items() if field.is_required() and name in node
+        }
         given = flatten(model.model_validate(node).model_dump(mode="json"))
         default = flatten(model.model_validate(required).model_dump(mode="json"))
         for key in sorted(given):
@@ -131,8 +145,12 @@ def metrics_section(gate: dict[str, Any] | None) -> list[str]:
     checks: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in (gate or {}).get("checks", []):
         checks.setdefault((c["file"], c["key"]), []).append(c)
-    lines = ["## Results", "",
-             "| stage | metric | value | gate | verdict | original tutorial |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Results",
+        "",
+        "| stage | metric | value | gate | verdict | original tutorial |",
+        "|---|---|---|---|---|---|",
+    ]
     for _, (stage, file) in METRICS_FILES.items():
         metrics = load(file) or {}
         keys = list(dict.fromkeys(HEADLINES[file] + [key for f, key in checks if f == file]))
@@ -143,20 +161,29 @@ def metrics_section(gate: dict[str, Any] | None) -> list[str]:
             bounds = checks.get((file, key), [])
             bound = ", ".join(f"{'≥' if c['kind'] == 'floor' else '≤'} {fmt(c['bound'])}" for c in bounds)
             verdict = ("pass" if all(c["pass"] for c in bounds) else "**FAIL**") if bounds else ""
-            lines.append(f"| {stage if i == 0 else ''} | `{key}` | {fmt(value)} | {bound} | {verdict} | "
-                         f"{TUTORIAL[file] if i == 0 else ''} |")
+            lines.append(
+                f"| {stage if i == 0 else ''} | `{key}` | {fmt(value)} | {bound} | {verdict} | "
+                f"{TUTORIAL[file] if i == 0 else ''} |"
+            )
     if gate is None:
         lines += ["", "The gate has not run (no `metrics/gate.json`)."]
     else:
-        lines += ["", f"Quality gate: **{'passed' if gate['passed'] else 'FAILED'}** "
-                      f"({len(gate['checks']) - gate['checks_failed']} of {len(gate['checks'])} checks; "
-                      f"bounds in `params.yaml` → `gate`)."]
+        lines += [
+            "",
+            f"Quality gate: **{'passed' if gate['passed'] else 'FAILED'}** "
+            f"({len(gate['checks']) - gate['checks_failed']} of {len(gate['checks'])} checks; "
+            f"bounds in `params.yaml` → `gate`).",
+        ]
     return lines
 
 
 def data_section() -> list[str]:
-    lines = ["## Data", "", "| dataset | source | rows | classes | bad rows | gaps | sha256 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Data",
+        "",
+        "| dataset | source | rows | classes | bad rows | gaps | sha256 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, file in DATA_REPORTS.items():
         r = load(file)
         if r is None:
@@ -165,8 +192,9 @@ def data_section() -> list[str]:
         if "reviews" in r:  # aclImdb
             source = r.get("source_location")
             rows = r["reviews"]["total"]
-            classes = ", ".join(f"{split} {c['neg']} neg / {c['pos']} pos" for split, c in r["reviews"].items()
-                                if isinstance(c, dict))
+            classes = ", ".join(
+                f"{split} {c['neg']} neg / {c['pos']} pos" for split, c in r["reviews"].items() if isinstance(c, dict)
+            )
             bad = sum(v for k, v in r["problems"].items() if k != "invalid_utf8_bytes")
             gaps, digest = "", r.get("source_sha256") or r.get("tree_sha256")
         elif "rows_per_class" in r:  # FER2013
@@ -177,19 +205,28 @@ def data_section() -> list[str]:
         else:  # load series
             source, rows, classes = r.get("source_file"), r["hours"], "(regression)"
             bad = r["bad_rows"]
-            gaps = (f"{r['missing_hours']} missing hours in {r['gaps']} gaps (longest {r['longest_gap_hours']} h), "
-                    f"{r['dst_gaps']} DST gaps, {r['duplicates']} duplicates, {r['missing_load_values']} blank values")
+            gaps = (
+                f"{r['missing_hours']} missing hours in {r['gaps']} gaps (longest {r['longest_gap_hours']} h), "
+                f"{r['dst_gaps']} DST gaps, {r['duplicates']} duplicates, {r['missing_load_values']} blank values"
+            )
             digest = r["source_sha256"]
-        lines.append(f"| {name} | {r['source']}{f': {fmt(source)}' if source else ''} | {rows} | {classes} | {bad} | {gaps} | "
-                     f"`{(digest or '—')[:16]}` |")
+        lines.append(
+            f"| {name} | {r['source']}{f': {fmt(source)}' if source else ''} | {rows} | {classes} | {bad} | {gaps} | "
+            f"`{(digest or '—')[:16]}` |"
+        )
     lines += ["", "Full data reports: " + ", ".join(f"[`{f}`](../{f})" for f in DATA_REPORTS.values()) + "."]
     return lines
 
 
 def plots_section() -> list[str]:
     pngs = sorted(p.as_posix() for p in PLOTS.rglob("*.png"))
-    return ["## Plots", "", *(f"- [{p}](../{p})" for p in pngs), "",
-            "`dvc plots show` draws the training curves, confusion matrices and ROC curves."]
+    return [
+        "## Plots",
+        "",
+        *(f"- [{p}](../{p})" for p in pngs),
+        "",
+        "`dvc plots show` draws the training curves, confusion matrices and ROC curves.",
+    ]
 
 
 def params_section(params: dict[str, Any]) -> list[str]:
@@ -204,16 +241,29 @@ def params_section(params: dict[str, Any]) -> list[str]:
 
 def fingerprint_section() -> list[str]:
     files = sorted(p.as_posix() for p in Path("metrics").glob("*.json"))
-    return ["## The files summarized", "",
-            "sha256 of each metrics file (the commit holding this page is the one whose `dvc.lock` records them):",
-            "", *(f"- `{f}` `{hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}`" for f in files)]
+    return [
+        "## The files summarized",
+        "",
+        "sha256 of each metrics file (the commit holding this page is the one whose `dvc.lock` records them):",
+        "",
+        *(f"- `{f}` `{hashlib.sha256(Path(f).read_bytes()).hexdigest()[:16]}`" for f in files),
+    ]
 
 
 def render(params: dict[str, Any]) -> str:
-    lines = ["# Pipeline summary", "",
-             "Written by `python -m stages.report` (the `report` stage of `dvc repro`); do not edit.", ""]
-    for part in (metrics_section(load(str(GATE))), data_section(), plots_section(), params_section(params),
-                 fingerprint_section()):
+    lines = [
+        "# Pipeline summary",
+        "",
+        "Written by `python -m stages.report` (the `report` stage of `dvc repro`); do not edit.",
+        "",
+    ]
+    for part in (
+        metrics_section(load(str(GATE))),
+        data_section(),
+        plots_section(),
+        params_section(params),
+        fingerprint_section(),
+    ):
         lines += part + [""]
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -89,8 +89,9 @@ def main() -> None:
 
     original = new_trainer(data.x_train.shape[1], p)
     ckpt = checkpoint_dir(CHECKPOINTS, "save_restore", p, seed)
-    history = original.fit(batches, p.epochs, checkpoint_dir=ckpt,
-                           checkpoint_every_s=p.checkpoint_every_s, desc="save_restore")
+    history = original.fit(
+        batches, p.epochs, checkpoint_dir=ckpt, checkpoint_every_s=p.checkpoint_every_s, desc="save_restore"
+    )
     expected = original.predict([data.x_test])
     saved_train = original.evaluate([(data.x_train, data.y_train)], prefix="train_")
 
@@ -98,14 +99,16 @@ def main() -> None:
         model_dir = out.directory(MODEL_DIR)
         # Save: a checkpoint of the whole training state, and a SavedModel for serving.
         checkpoint_prefix = tf.train.Checkpoint(model=original.model, optimizer=original.optimizer).write(
-            str(model_dir / "checkpoint" / "ckpt"))
+            str(model_dir / "checkpoint" / "ckpt")
+        )
         export_model(original.model, model_dir / "saved_model")
 
         # Restore each into fresh objects.
         restored = new_trainer(data.x_train.shape[1], p)
         restored.optimizer.build(restored.model.trainable_variables)
         tf.train.Checkpoint(model=restored.model, optimizer=restored.optimizer).read(
-            checkpoint_prefix).assert_consumed()
+            checkpoint_prefix
+        ).assert_consumed()
         from_checkpoint = restored.predict([data.x_test])
         served = tf.saved_model.load(str(model_dir / "saved_model"))
         from_saved_model = served.serve(tf.constant(data.x_test)).numpy()

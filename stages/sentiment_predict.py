@@ -38,13 +38,24 @@ class Review:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.sentiment_predict",
-                                     description="Probability that a movie review is positive.")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.sentiment_predict", description="Probability that a movie review is positive."
+    )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="text of a review (quote it)")
-    parser.add_argument("--file", action="append", default=[], metavar="PATH", type=Path,
-                        help="a file holding one review (UTF-8); may be repeated; '-' reads stdin")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"exported SavedModel of train_sentiment_rnn (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        type=Path,
+        help="a file holding one review (UTF-8); may be repeated; '-' reads stdin",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"exported SavedModel of train_sentiment_rnn (default: {DEFAULT_MODEL})",
+    )
     return parser.parse_args(argv)
 
 

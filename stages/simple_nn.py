@@ -78,22 +78,36 @@ def main() -> None:
     )
     ckpt = checkpoint_dir(CHECKPOINTS, "simple_nn", p, seed)
     history = trainer.fit(
-        array_batches(x, y, p.batch_size, seed=seed), p.epochs,
-        checkpoint_dir=ckpt, checkpoint_every_s=p.checkpoint_every_s, desc="simple_nn",
+        array_batches(x, y, p.batch_size, seed=seed),
+        p.epochs,
+        checkpoint_dir=ckpt,
+        checkpoint_every_s=p.checkpoint_every_s,
+        desc="simple_nn",
     )
     final = trainer.evaluate([(x, y)], prefix="train_")
-    log.info("epoch 1 loss %.4f -> epoch %d loss %.4f, accuracy %.3f",
-             history[0]["loss"], len(history), final["train_loss"], final["train_accuracy"])
+    log.info(
+        "epoch 1 loss %.4f -> epoch %d loss %.4f, accuracy %.3f",
+        history[0]["loss"],
+        len(history),
+        final["train_loss"],
+        final["train_accuracy"],
+    )
 
     with atomic_outputs() as out:
-        write_json(out.file(METRICS), {
-            "train_loss": final["train_loss"],
-            "train_accuracy": final["train_accuracy"],
-            "first_epoch_loss": history[0]["loss"],
-            "epochs": len(history),
-        })
-        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "accuracy"],
-                  [(h["epoch"], h["loss"], h["accuracy"]) for h in history])
+        write_json(
+            out.file(METRICS),
+            {
+                "train_loss": final["train_loss"],
+                "train_accuracy": final["train_accuracy"],
+                "first_epoch_loss": history[0]["loss"],
+                "epochs": len(history),
+            },
+        )
+        write_tsv(
+            out.file(PLOTS / "history.tsv"),
+            ["epoch", "loss", "accuracy"],
+            [(h["epoch"], h["loss"], h["accuracy"]) for h in history],
+        )
         plot_decision_boundary(model, x, y, out.file(PLOTS / "decision_boundary.png"))
         model_dir = out.directory(MODEL_DIR)
         model.save_weights(model_dir / "model.weights.h5")

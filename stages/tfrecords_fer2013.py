@@ -28,7 +28,13 @@ from stages.common.cli import StageError, run_stage
 from stages.common.fer2013_csv import EMOTIONS, SIDE, USAGES, read_rows
 from stages.common.params import Section, load_params
 from stages.common.tfrecords import (
-    SPEC_FILE, bytes_feature, encoder_pool, example, int64_feature, write_spec, write_split,
+    SPEC_FILE,
+    bytes_feature,
+    encoder_pool,
+    example,
+    int64_feature,
+    write_spec,
+    write_split,
 )
 
 log = logging.getLogger(__name__)
@@ -64,14 +70,16 @@ def encode_face(item: tuple[int, int, int, np.ndarray]) -> bytes:
     ok, png = cv2.imencode(".png", pixels.reshape(SIDE, SIDE), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
     if not ok:
         raise StageError(f"row {row_index}: OpenCV could not encode the face as PNG")
-    return example({
-        "image": bytes_feature(png.tobytes()),
-        "label": int64_feature(label),
-        "usage": bytes_feature(USAGES[usage]),
-        "height": int64_feature(SIDE),
-        "width": int64_feature(SIDE),
-        "row_index": int64_feature(row_index),
-    })
+    return example(
+        {
+            "image": bytes_feature(png.tobytes()),
+            "label": int64_feature(label),
+            "usage": bytes_feature(USAGES[usage]),
+            "height": int64_feature(SIDE),
+            "width": int64_feature(SIDE),
+            "row_index": int64_feature(row_index),
+        }
+    )
 
 
 def read_faces(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,8 +148,16 @@ def main() -> None:
         out_dir = out.directory(OUT_DIR)
         shards = {}
         for split, rows in items.items():
-            shards[split] = write_split(out_dir, split, rows, encode_face, num_shards=p.num_shards,
-                                        compression=p.compression, pool=pool, desc=f"fer2013 {split}")
+            shards[split] = write_split(
+                out_dir,
+                split,
+                rows,
+                encode_face,
+                num_shards=p.num_shards,
+                compression=p.compression,
+                pool=pool,
+                desc=f"fer2013 {split}",
+            )
             log.info("%s: %d faces in %d shard(s)", split, len(rows), p.num_shards)
         write_spec(out_dir / SPEC_FILE, build_spec(items, shards, p))
 

@@ -116,12 +116,20 @@ def movie_of(root: Path, split: str) -> dict[tuple[int, int], str] | None:
     paths = [root / split / f"urls_{label}.txt" for label in LABELS]
     if not all(path.is_file() for path in paths):
         return None
-    return {(target, i): line.strip() for target, path in enumerate(paths)
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines())}
+    return {
+        (target, i): line.strip()
+        for target, path in enumerate(paths)
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines())
+    }
 
 
-def split_reviews(train: list[Review], test: list[Review], valid_fraction: float, seed: int,
-                  movies: dict[tuple[int, int], str] | None = None) -> dict[str, list[Review]]:
+def split_reviews(
+    train: list[Review],
+    test: list[Review],
+    valid_fraction: float,
+    seed: int,
+    movies: dict[tuple[int, int], str] | None = None,
+) -> dict[str, list[Review]]:
     """``{"train", "valid", "test"}``: valid is ``valid_fraction`` of the training reviews,
     whole movies chosen with the seed if ``movies`` is given, else each class's share at
     random (stratified, seeded); each split is then shuffled once with the seed."""
@@ -236,8 +244,12 @@ def encode_record(ids: list[int], target: int, rating: int, review_id: int) -> b
     _STEPS.cover(max(ids) + 1)
     steps = _STEPS.steps
     return sequence_example(
-        {"sequence_length": int64_feature(len(ids)), "target": int64_feature(target),
-         "rating": int64_feature(rating), "review_id": int64_feature(review_id)},
+        {
+            "sequence_length": int64_feature(len(ids)),
+            "target": int64_feature(target),
+            "rating": int64_feature(rating),
+            "review_id": int64_feature(review_id),
+        },
         {"token_indexes": b"".join([steps[i] for i in ids])},
     )
 
@@ -286,8 +298,9 @@ def _progress(results: Iterable, total: int, desc: str, size: Callable) -> list:
     return done
 
 
-def tokenize_and_encode(reviews: list[Review], vocab_from: set[str],
-                        p: TFRecordsImdbParams) -> tuple[Vocabulary, list[bytes], list[int], list[int]]:
+def tokenize_and_encode(
+    reviews: list[Review], vocab_from: set[str], p: TFRecordsImdbParams
+) -> tuple[Vocabulary, list[bytes], list[int], list[int]]:
     """Tokenize every review once, build the vocabulary from those whose path is in
     ``vocab_from``, and serialize each review's record.
 
@@ -299,13 +312,19 @@ def tokenize_and_encode(reviews: list[Review], vocab_from: set[str],
 
     starts = range(0, len(reviews), CHUNK_REVIEWS)
     with process_map(p.workers) as pool_map:
-        tasks = [([(r.path, r.path in vocab_from) for r in reviews[i:i + CHUNK_REVIEWS]], p.max_words) for i in starts]
+        tasks = [
+            ([(r.path, r.path in vocab_from) for r in reviews[i : i + CHUNK_REVIEWS]], p.max_words) for i in starts
+        ]
         chunks = _progress(pool_map(tokenize_chunk, tasks), len(reviews), "tokenizing", lambda c: len(c.lengths))
         vocab = build_vocabulary(vocabulary_counts(chunks), p.min_word_frequency)
         get = vocab.ids.get
-        tasks = [(np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
-                  [(ids, r.target, r.rating, r.review_id) for ids, r in zip(chunk.ids, reviews[i:i + CHUNK_REVIEWS])])
-                 for i, chunk in zip(starts, chunks)]
+        tasks = [
+            (
+                np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
+                [(ids, r.target, r.rating, r.review_id) for ids, r in zip(chunk.ids, reviews[i : i + CHUNK_REVIEWS])],
+            )
+            for i, chunk in zip(starts, chunks)
+        ]
         lengths = [n for chunk in chunks for n in chunk.lengths]
         del chunks
         encoded = _progress(pool_map(encode_chunk, tasks), len(reviews), "encoding", lambda e: len(e[0]))
@@ -318,12 +337,24 @@ def length_stats(values) -> dict[str, float]:
     import numpy as np
 
     values = np.asarray(values)
-    return {"min": values.min(), "median": np.median(values), "mean": values.mean(),
-            "p95": np.percentile(values, 95), "max": values.max()}
+    return {
+        "min": values.min(),
+        "median": np.median(values),
+        "mean": values.mean(),
+        "p95": np.percentile(values, 95),
+        "max": values.max(),
+    }
 
 
-def build_spec(p: TFRecordsImdbParams, seed: int, splits: dict[str, list[Review]], lengths: dict[str, list[int]],
-               unknown: dict[str, list[int]], vocab_size: int, shards: dict[str, list[Path]]) -> dict:
+def build_spec(
+    p: TFRecordsImdbParams,
+    seed: int,
+    splits: dict[str, list[Review]],
+    lengths: dict[str, list[int]],
+    unknown: dict[str, list[int]],
+    vocab_size: int,
+    shards: dict[str, list[Path]],
+) -> dict:
     """spec.json: what a reader of the records needs to know, and what the data looks like."""
     import numpy as np
 
@@ -374,8 +405,12 @@ def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict
     log.info("validation split: %s", "whole movies (train/urls_*.txt)" if movies else "random, per class")
     ordered = [r for name in SPLITS for r in splits[name]]
     vocab, records, all_lengths, all_unknown = tokenize_and_encode(ordered, {r.path for r in splits["train"]}, p)
-    log.info("vocabulary: %d tokens (min frequency %d, from %d training reviews)",
-             len(vocab), p.min_word_frequency, len(splits["train"]))
+    log.info(
+        "vocabulary: %d tokens (min frequency %d, from %d training reviews)",
+        len(vocab),
+        p.min_word_frequency,
+        len(splits["train"]),
+    )
     save_vocabulary(vocab, out_dir / VOCAB_FILE)
     lengths, unknown, shards = {}, {}, {}
     start = 0
@@ -384,8 +419,16 @@ def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict
         lengths[name], unknown[name] = all_lengths[start:stop], all_unknown[start:stop]
         # Records are serialized already, in the pool that tokenized them (a fresh
         # pool per split would pay the process start-up again): write_split frames them.
-        shards[name] = write_split(out_dir, name, records[start:stop], _serialized, num_shards=p.num_shards,
-                                   compression=p.compression, workers=1, desc=f"writing {name}")
+        shards[name] = write_split(
+            out_dir,
+            name,
+            records[start:stop],
+            _serialized,
+            num_shards=p.num_shards,
+            compression=p.compression,
+            workers=1,
+            desc=f"writing {name}",
+        )
         start = stop
         log.info("%s: %d reviews in %d shards", name, len(splits[name]), p.num_shards)
     spec = build_spec(p, seed, splits, lengths, unknown, len(vocab), shards)

@@ -51,7 +51,15 @@ from pydantic import Field, field_validator, model_validator
 
 from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, load_params
-from stages.common.tfrecords import SPEC_FILE, bytes_feature, example, float_feature, int64_feature, write_spec, write_split
+from stages.common.tfrecords import (
+    SPEC_FILE,
+    bytes_feature,
+    example,
+    float_feature,
+    int64_feature,
+    write_spec,
+    write_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +79,10 @@ class TfrecordsSeriesParams(Section):
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, last")
     num_shards: int = Field(1, ge=1, le=999)
     compression: Literal["none", "gzip"] = "none"
-    country: str = Field("ES", description="ISO 3166 code of the country whose national holidays flag the days "
-                         "(the PyPI holidays package)")
+    country: str = Field(
+        "ES",
+        description="ISO 3166 code of the country whose national holidays flag the days (the PyPI holidays package)",
+    )
 
     @field_validator("country")
     @classmethod
@@ -80,7 +90,9 @@ class TfrecordsSeriesParams(Section):
         import holidays
 
         if code not in holidays.list_supported_countries():
-            raise ValueError(f"{code!r} is not a country the holidays package knows (an ISO 3166 alpha-2 code such as 'ES', 'DE', 'FR')")
+            raise ValueError(
+                f"{code!r} is not a country the holidays package knows (an ISO 3166 alpha-2 code such as 'ES', 'DE', 'FR')"
+            )
         return code
 
     @model_validator(mode="after")
@@ -187,7 +199,9 @@ def make_splits(days: Days, p: TfrecordsSeriesParams, where: Path) -> list[Split
         stop = start + sizes[name]
         load, filled, longest = fill_gaps(days.load[start:stop])
         if np.isnan(load).all():
-            raise StageError(f"{where}: the {name} split ({days.dates[start]}..{days.dates[stop - 1]}) has no load values")
+            raise StageError(
+                f"{where}: the {name} split ({days.dates[start]}..{days.dates[stop - 1]}) has no load values"
+            )
         forecast = days.forecast[start:stop].copy()  # a reference, not an input: never filled
         if np.isnan(forecast).all():
             log.warning("%s split has no day-ahead forecast values: forecast_mw is NaN", name)
@@ -245,34 +259,40 @@ def windows(split: Split, look_back: int, scaler: dict[str, Any], country: str =
     calendar = calendar_features(split.dates, country)
     items = []
     for i in range(look_back, len(split.dates)):
-        items.append({
-            "calendar": calendar[i - look_back:i + 1].ravel(),
-            "inputs": scaled[i - look_back:i].ravel(),
-            "target": scaled[i],
-            "inputs_mw": split.load[i - look_back:i].ravel(),
-            "target_mw": split.load[i],
-            "forecast_mw": split.forecast[i],
-            "target_day": split.dates[i].isoformat(),
-            "weekday": split.dates[i].weekday(),
-        })
+        items.append(
+            {
+                "calendar": calendar[i - look_back : i + 1].ravel(),
+                "inputs": scaled[i - look_back : i].ravel(),
+                "target": scaled[i],
+                "inputs_mw": split.load[i - look_back : i].ravel(),
+                "target_mw": split.load[i],
+                "forecast_mw": split.forecast[i],
+                "target_day": split.dates[i].isoformat(),
+                "weekday": split.dates[i].weekday(),
+            }
+        )
     return items
 
 
 def encode_window(item: dict[str, Any]) -> bytes:
     """One serialized Example from a :func:`windows` item."""
-    return example({
-        "inputs": float_feature(item["inputs"]),
-        "calendar": float_feature(item["calendar"]),
-        "target": float_feature(item["target"]),
-        "inputs_mw": float_feature(item["inputs_mw"]),
-        "target_mw": float_feature(item["target_mw"]),
-        "forecast_mw": float_feature(item["forecast_mw"]),
-        "target_day": bytes_feature(item["target_day"]),
-        "weekday": int64_feature(item["weekday"]),
-    })
+    return example(
+        {
+            "inputs": float_feature(item["inputs"]),
+            "calendar": float_feature(item["calendar"]),
+            "target": float_feature(item["target"]),
+            "inputs_mw": float_feature(item["inputs_mw"]),
+            "target_mw": float_feature(item["target_mw"]),
+            "forecast_mw": float_feature(item["forecast_mw"]),
+            "target_day": bytes_feature(item["target_day"]),
+            "weekday": int64_feature(item["weekday"]),
+        }
+    )
 
 
-def build_spec(splits: list[Split], items: dict[str, list], shards: dict[str, list[Path]], p: TfrecordsSeriesParams) -> dict:
+def build_spec(
+    splits: list[Split], items: dict[str, list], shards: dict[str, list[Path]], p: TfrecordsSeriesParams
+) -> dict:
     """``spec.json``: features, shapes and per-split counts and dates."""
     n_in = p.look_back * HOURS
     return {
@@ -329,14 +349,30 @@ def main() -> None:
     with atomic_outputs() as out:
         out_dir = out.directory(OUT_DIR)
         # One process: a few thousand small windows encode faster than a pool starts.
-        shards = {name: write_split(out_dir, name, rows, encode_window, num_shards=p.num_shards,
-                                    compression=p.compression, workers=1, desc=f"series {name}")
-                  for name, rows in items.items()}
+        shards = {
+            name: write_split(
+                out_dir,
+                name,
+                rows,
+                encode_window,
+                num_shards=p.num_shards,
+                compression=p.compression,
+                workers=1,
+                desc=f"series {name}",
+            )
+            for name, rows in items.items()
+        }
         write_json(out_dir / SCALER_FILE, scaler)
         write_spec(out_dir / SPEC_FILE, build_spec(splits, items, shards, p))
     for s in splits:
-        log.info("%s: days %s..%s, %d windows, %d missing hours filled",
-                 s.name, s.dates[0], s.dates[-1], len(items[s.name]), s.filled_hours)
+        log.info(
+            "%s: days %s..%s, %d windows, %d missing hours filled",
+            s.name,
+            s.dates[0],
+            s.dates[-1],
+            len(items[s.name]),
+            s.filled_hours,
+        )
 
 
 if __name__ == "__main__":

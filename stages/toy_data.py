@@ -67,7 +67,9 @@ def moons(p: Moons, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def stratified(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, stratify: bool = True) -> np.ndarray:
     index = np.arange(len(y))
-    _, test_index = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=y if stratify else None)
+    _, test_index = train_test_split(
+        index, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
+    )
     return split_labels(len(y), np.sort(test_index))
 
 
@@ -81,12 +83,19 @@ def wine(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 def imbalanced(p: Imbalanced, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x, y = make_classification(
-        n_samples=p.n_samples, n_features=2, n_informative=2, n_redundant=0,
-        class_sep=p.class_sep, flip_y=p.flip_y, random_state=seed,
+        n_samples=p.n_samples,
+        n_features=2,
+        n_informative=2,
+        n_redundant=0,
+        class_sep=p.class_sep,
+        flip_y=p.flip_y,
+        random_state=seed,
     )
     positives = np.flatnonzero(y == 1)
     if len(positives) < p.n_positives:
-        raise StageError(f"params.yaml: toy_data.imbalanced.n_positives: only {len(positives)} positives were generated")
+        raise StageError(
+            f"params.yaml: toy_data.imbalanced.n_positives: only {len(positives)} positives were generated"
+        )
     keep = np.sort(np.concatenate([np.flatnonzero(y == 0), positives[: p.n_positives]]))
     x, y = x[keep], y[keep]
     return x, y, stratified(x, y, test_fraction, seed)

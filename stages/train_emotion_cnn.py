@@ -78,13 +78,14 @@ HEAD_KERNELS = (1, 3, 1)  # then the 3×3 strided conv to the logits
 
 class TrainEmotionCnnParams(Section):
     block_filters: list[list[int]] = Field(
-        [[16, 16], [32, 32], [64, 64], [64, 128]],
-        description="(first conv, strided conv) widths of the four blocks")
+        [[16, 16], [32, 32], [64, 64], [64, 128]], description="(first conv, strided conv) widths of the four blocks"
+    )
     dropout: list[float] = Field([0.4, 0.3, 0.3, 0.3], description="dropout rate after each block")
     head_filters: list[int] = Field([256, 128, 256], description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
     learning_rate: float = Field(1e-3, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: decay the learning rate to 0 over max_epochs (cosine curve)")
+        "constant", description="cosine: decay the learning rate to 0 over max_epochs (cosine curve)"
+    )
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
@@ -98,8 +99,9 @@ class TrainEmotionCnnParams(Section):
     @model_validator(mode="after")
     def _four_blocks(self) -> TrainEmotionCnnParams:
         if len(self.block_filters) != len(KERNELS) or any(len(b) != 2 or min(b) < 1 for b in self.block_filters):
-            raise ValueError(f"block_filters: must be {len(KERNELS)} pairs of positive widths "
-                             f"(got {self.block_filters!r})")
+            raise ValueError(
+                f"block_filters: must be {len(KERNELS)} pairs of positive widths (got {self.block_filters!r})"
+            )
         if len(self.dropout) != len(KERNELS) or not all(0.0 <= r < 1.0 for r in self.dropout):
             raise ValueError(f"dropout: must be {len(KERNELS)} rates in [0, 1) (got {self.dropout!r})")
         if len(self.head_filters) != len(HEAD_KERNELS) or min(self.head_filters) < 1:
@@ -181,14 +183,20 @@ def augment_batches(batches, seed: int, epoch: int, max_shift: int):
         shift_seed = tf.random.experimental.stateless_fold_in(base, 2 * index + 1)
         images = tf.image.stateless_random_flip_left_right(images, flip_seed)
         n = tf.shape(images)[0]
-        shifts = tf.cast(tf.random.stateless_uniform([n, 2], shift_seed, -max_shift, max_shift + 1, tf.int32),
-                         tf.float32)
+        shifts = tf.cast(
+            tf.random.stateless_uniform([n, 2], shift_seed, -max_shift, max_shift + 1, tf.int32), tf.float32
+        )
         # Projective transform rows [1, 0, dx, 0, 1, dy, 0, 0]: output (x, y) reads input (x + dx, y + dy).
         ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
         transforms = tf.concat([ones, zeros, shifts[:, :1], zeros, ones, shifts[:, 1:], zeros, zeros], axis=1)
         images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-            interpolation="NEAREST", fill_mode="NEAREST")
+            images=images,
+            transforms=transforms,
+            output_shape=tf.shape(images)[1:3],
+            fill_value=0.0,
+            interpolation="NEAREST",
+            fill_mode="NEAREST",
+        )
         return images, labels
 
     return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -197,8 +205,9 @@ def augment_batches(batches, seed: int, epoch: int, max_shift: int):
 # --- integrated gradients --------------------------------------------------------------------------
 
 
-def integrated_gradients(model, images: np.ndarray, steps: int, baseline: np.ndarray | None = None,
-                         targets: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def integrated_gradients(
+    model, images: np.ndarray, steps: int, baseline: np.ndarray | None = None, targets: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Attributions (same shape as ``images``) of each image's class logit, and those classes.
 
     ``targets`` defaults to the predicted classes. The path integral from
@@ -229,8 +238,14 @@ def first_of_each_class(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes) if (labels == c).any()]
 
 
-def plot_integrated_gradients(images: np.ndarray, attributions: np.ndarray, true: Sequence[str],
-                              predicted: Sequence[str], confidence: Sequence[float], path: Path) -> None:
+def plot_integrated_gradients(
+    images: np.ndarray,
+    attributions: np.ndarray,
+    true: Sequence[str],
+    predicted: Sequence[str],
+    confidence: Sequence[float],
+    path: Path,
+) -> None:
     """One column per face: the face (true vs predicted class) above its saliency |attribution|."""
     from stages.common.plotting import plt, save_png
 
@@ -301,20 +316,27 @@ def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints
     if weights is not None:
         log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)))
     side = int(spec.get("image_shape", [48])[0])
-    trainer = Trainer(build_model(p, len(names), side), keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
-                      WeightedCrossEntropy(weights), metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
-                      run_eagerly=p.run_eagerly)
+    trainer = Trainer(
+        build_model(p, len(names), side),
+        keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
+        WeightedCrossEntropy(weights),
+        metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
+        run_eagerly=p.run_eagerly,
+    )
 
     def train(epoch: int):
         batches = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch)
         return augment_batches(batches, seed, epoch, p.augment_shift) if p.augment else batches
 
     history = trainer.fit(
-        train=train, epochs=p.max_epochs,
+        train=train,
+        epochs=p.max_epochs,
         validation=lambda: image_batches(data_dir, "valid", p.batch_size),
         early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=p.patience),
-        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
-        on_epoch_end=on_epoch_end, desc=STAGE,
+        checkpoint_dir=checkpoints,
+        checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end,
+        desc=STAGE,
     )
     return trainer, history
 
@@ -344,12 +366,13 @@ def collect_split(data_dir: Path, split: str, batch_size: int) -> tuple[np.ndarr
     return np.concatenate(images), np.concatenate(labels)
 
 
-def evaluate_test(trainer, images: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                 batch_size: int) -> tuple[dict, np.ndarray]:
+def evaluate_test(
+    trainer, images: np.ndarray, labels: np.ndarray, names: Sequence[str], batch_size: int
+) -> tuple[dict, np.ndarray]:
     """Accuracy, macro and per-class scores on the test split; also the logits."""
     from stages.common.streaming_metrics import ConfusionMatrix, classification_report
 
-    logits = trainer.predict([images[i:i + batch_size] for i in range(0, len(images), batch_size)])
+    logits = trainer.predict([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
     confusion = ConfusionMatrix(len(names))
     confusion.update_state(labels, logits)
     report = classification_report(confusion.result().numpy())
@@ -361,9 +384,15 @@ def evaluate_test(trainer, images: np.ndarray, labels: np.ndarray, names: Sequen
         "test_macro_recall": report["macro_recall"],
         "test_examples": len(labels),
         "test_majority_class_share": float(support.max() / support.sum()),
-        "test_per_class": {name: {"precision": report["precision"][c], "recall": report["recall"][c],
-                                  "f1": report["f1"][c], "support": int(support[c])}
-                           for c, name in enumerate(names)},
+        "test_per_class": {
+            name: {
+                "precision": report["precision"][c],
+                "recall": report["recall"][c],
+                "f1": report["f1"][c],
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(names)
+        },
     }
     return metrics, logits
 
@@ -381,10 +410,19 @@ def explain(model, images: np.ndarray, labels: np.ndarray, names: Sequence[str],
     rows = np.arange(len(shown))
     gap = logits[rows, targets] - at_baseline[rows, targets]
     error = np.abs(attributions.reshape(len(shown), -1).sum(axis=1) - gap)
-    plot_integrated_gradients(faces, attributions, [names[c] for c in labels[shown]], [names[c] for c in targets],
-                              probabilities[rows, targets], path)
-    return {"ig_faces": len(shown), "ig_steps": steps,
-            "ig_max_completeness_error": float(np.max(error / np.maximum(np.abs(gap), 1e-6)))}
+    plot_integrated_gradients(
+        faces,
+        attributions,
+        [names[c] for c in labels[shown]],
+        [names[c] for c in targets],
+        probabilities[rows, targets],
+        path,
+    )
+    return {
+        "ig_faces": len(shown),
+        "ig_steps": steps,
+        "ig_max_completeness_error": float(np.max(error / np.maximum(np.abs(gap), 1e-6))),
+    }
 
 
 def main() -> None:
@@ -405,11 +443,15 @@ def main() -> None:
     results, logits = evaluate_test(trainer, images, labels, names, p.batch_size)
     best_epoch = int(np.argmin([h["val_loss"] for h in history])) + 1
     metrics = {
-        "valid_accuracy": valid["val_accuracy"], "valid_loss": valid["val_loss"], **results,
-        "best_epoch": best_epoch, "epochs": len(history),
+        "valid_accuracy": valid["val_accuracy"],
+        "valid_loss": valid["val_loss"],
+        **results,
+        "best_epoch": best_epoch,
+        "epochs": len(history),
         "train_examples": int(spec["splits"]["train"]["examples"]),
         "params": int(trainer.model.count_params()),
-        "class_weight": p.class_weight, "augment": p.augment,
+        "class_weight": p.class_weight,
+        "augment": p.augment,
     }
     predicted = np.argmax(logits, axis=1)
 
@@ -421,15 +463,29 @@ def main() -> None:
         served = tf.saved_model.load(str(model_dir / EXPORT_NAME))
         exported = served.serve(tf.constant(to_pixels(images[: p.batch_size])))["logits"].numpy()
         metrics["export_max_abs_diff"] = float(np.max(np.abs(exported - logits[: p.batch_size])))
-        metrics |= explain(trainer.model, images, labels, names, p.ig_steps, out.file(PLOTS / "integrated_gradients.png"))
+        metrics |= explain(
+            trainer.model, images, labels, names, p.ig_steps, out.file(PLOTS / "integrated_gradients.png")
+        )
         write_json(out.file(METRICS), metrics)
-        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
-                  [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history])
-        write_csv(out.file(PLOTS / "confusion.csv"), ["actual", "predicted"],
-                  [(names[a], names[b]) for a, b in zip(labels.tolist(), predicted.tolist())])
-    log.info("test accuracy %.3f (majority class %.3f), macro F1 %.3f; valid accuracy %.3f; best epoch %d of %d",
-             metrics["test_accuracy"], metrics["test_majority_class_share"], metrics["test_macro_f1"],
-             metrics["valid_accuracy"], best_epoch, len(history))
+        write_tsv(
+            out.file(PLOTS / "history.tsv"),
+            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
+            [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history],
+        )
+        write_csv(
+            out.file(PLOTS / "confusion.csv"),
+            ["actual", "predicted"],
+            [(names[a], names[b]) for a, b in zip(labels.tolist(), predicted.tolist())],
+        )
+    log.info(
+        "test accuracy %.3f (majority class %.3f), macro F1 %.3f; valid accuracy %.3f; best epoch %d of %d",
+        metrics["test_accuracy"],
+        metrics["test_majority_class_share"],
+        metrics["test_macro_f1"],
+        metrics["valid_accuracy"],
+        best_epoch,
+        len(history),
+    )
     clear_checkpoints(ckpt)
 
 

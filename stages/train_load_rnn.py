@@ -81,7 +81,9 @@ class TrainLoadRnnParams(Section):
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(100, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
-    calendar_features: bool = Field(True, description="feed the days' calendar flags (weekday, holidays) to the network")
+    calendar_features: bool = Field(
+        True, description="feed the days' calendar flags (weekday, holidays) to the network"
+    )
     run_eagerly: bool = False
     checkpoint_every_s: float = Field(60.0, ge=0.0)
 
@@ -167,12 +169,15 @@ def build_model(look_back: int, p: TrainLoadRnnParams, n_calendar: int = 0):
         hidden = keras.layers.Dense(p.dense_units, activation="relu", name="hidden")(known)
         out = keras.layers.Dense(24, name="next_day")(hidden)
         return keras.Model({"days": days, "calendar": calendar}, out, name="load_rnn")
-    return keras.Sequential([
-        keras.Input((look_back, 24), name="days"),  # (batch, look_back days, 24 scaled hours)
-        keras.layers.LSTM(p.lstm_units, name="lstm"),
-        keras.layers.Dense(p.dense_units, activation="relu", name="hidden"),
-        keras.layers.Dense(24, name="next_day"),
-    ], name="load_rnn")
+    return keras.Sequential(
+        [
+            keras.Input((look_back, 24), name="days"),  # (batch, look_back days, 24 scaled hours)
+            keras.layers.LSTM(p.lstm_units, name="lstm"),
+            keras.layers.Dense(p.dense_units, activation="relu", name="hidden"),
+            keras.layers.Dense(24, name="next_day"),
+        ],
+        name="load_rnn",
+    )
 
 
 def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
@@ -186,18 +191,24 @@ def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: P
     seed_everything(seed)
     spec = read_spec(data_dir)
     n_calendar = n_calendar_features(spec, p)
-    trainer = Trainer(build_model(int(spec["look_back"]), p, n_calendar),
-                      keras.optimizers.Adam(learning_rate=p.learning_rate),
-                      keras.losses.MeanSquaredError(), run_eagerly=p.run_eagerly)
+    trainer = Trainer(
+        build_model(int(spec["look_back"]), p, n_calendar),
+        keras.optimizers.Adam(learning_rate=p.learning_rate),
+        keras.losses.MeanSquaredError(),
+        run_eagerly=p.run_eagerly,
+    )
     calendar = bool(n_calendar)
     history = trainer.fit(
-        train=lambda epoch: series_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch,
-                                           calendar=calendar),
+        train=lambda epoch: series_batches(
+            data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, calendar=calendar
+        ),
         epochs=p.max_epochs,
         validation=lambda: series_batches(data_dir, "valid", p.batch_size, calendar=calendar),
         early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=p.patience),
-        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
-        on_epoch_end=on_epoch_end, desc=STAGE,
+        checkpoint_dir=checkpoints,
+        checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end,
+        desc=STAGE,
     )
     return trainer, history
 
@@ -208,8 +219,10 @@ def n_calendar_features(spec: Mapping, p: TrainLoadRnnParams) -> int:
         return 0
     n = len(spec.get("calendar", {}).get("features", []))
     if not n:
-        raise StageError(f"{DATA_DIR / 'spec.json'}: the TFRecords have no calendar features "
-                         f"(re-run tfrecords_series, or set train_load_rnn.calendar_features: false)")
+        raise StageError(
+            f"{DATA_DIR / 'spec.json'}: the TFRecords have no calendar features "
+            f"(re-run tfrecords_series, or set train_load_rnn.calendar_features: false)"
+        )
     return n
 
 
@@ -217,9 +230,11 @@ def model_inputs(split: Mapping[str, np.ndarray], calendar: bool, batch_size: in
     """A collected split's inputs in batches, in the structure the model takes."""
     n = len(split["inputs"])
     if calendar:
-        return [{"days": split["inputs"][i:i + batch_size], "calendar": split["calendar"][i:i + batch_size]}
-                for i in range(0, n, batch_size)]
-    return [split["inputs"][i:i + batch_size] for i in range(0, n, batch_size)]
+        return [
+            {"days": split["inputs"][i : i + batch_size], "calendar": split["calendar"][i : i + batch_size]}
+            for i in range(0, n, batch_size)
+        ]
+    return [split["inputs"][i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def operator_forecast(test: Mapping[str, np.ndarray], keep: np.ndarray, predicted_mw: np.ndarray) -> dict:
@@ -232,8 +247,12 @@ def operator_forecast(test: Mapping[str, np.ndarray], keep: np.ndarray, predicte
     complete = keep & np.isfinite(forecast).all(axis=1)
     if not complete.any():
         log.info("no test day has a complete day-ahead forecast in the export: operator_forecast_* are null")
-        return {"operator_forecast_days": 0, "operator_forecast_mae_mw": None, "operator_forecast_mape": None,
-                "test_mae_mw_operator_days": None}
+        return {
+            "operator_forecast_days": 0,
+            "operator_forecast_mae_mw": None,
+            "operator_forecast_mape": None,
+            "test_mae_mw_operator_days": None,
+        }
     actual = np.asarray(test["target_mw"], np.float64)[complete]
     return {
         "operator_forecast_days": int(complete.sum()),
@@ -256,8 +275,9 @@ def collect(data_dir: Path, split: str, batch_size: int) -> dict[str, np.ndarray
     return arrays
 
 
-def evaluate_forecasts(predicted_scaled: np.ndarray, test: Mapping[str, np.ndarray],
-                       valid: Mapping[str, np.ndarray], scaler: Mapping) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate_forecasts(
+    predicted_scaled: np.ndarray, test: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], scaler: Mapping
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Test metrics of the model and both baselines on the same days; also ``(kept mask, predicted MW)``."""
     profiles = day_profiles(valid["target_day"], valid["inputs_mw"], valid["target_mw"])
     profiles.update(day_profiles(test["target_day"], test["inputs_mw"], test["target_mw"]))
@@ -271,8 +291,10 @@ def evaluate_forecasts(predicted_scaled: np.ndarray, test: Mapping[str, np.ndarr
     predicted_mw = inverse_transform(predicted_scaled, scaler)
     actual_mw = np.asarray(test["target_mw"], np.float64)
     model_mae = mae(actual_mw[keep], predicted_mw[keep])
-    baselines = {"naive_yesterday_mae_mw": mae(actual_mw[keep], yesterday[keep]),
-                 "naive_last_week_mae_mw": mae(actual_mw[keep], last_week[keep])}
+    baselines = {
+        "naive_yesterday_mae_mw": mae(actual_mw[keep], yesterday[keep]),
+        "naive_last_week_mae_mw": mae(actual_mw[keep], last_week[keep]),
+    }
     squared_mw = float(np.mean((actual_mw[keep] - predicted_mw[keep]) ** 2))
     metrics = {
         "test_days": int(keep.sum()),
@@ -294,14 +316,15 @@ def plot_forecast_days(days: Sequence[str], actual_mw: np.ndarray, predicted_mw:
 
     columns = 3
     rows = -(-len(days) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), sharex=True, sharey=True,
-                                squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 3 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained"
+    )
     hours = np.arange(24)
     for ax, day, actual, predicted in zip(axes.flat, days, actual_mw, predicted_mw):
         ax.plot(hours, actual, color="black", label="actual")
         ax.plot(hours, predicted, color="tab:orange", linestyle="--", label="LSTM")
         ax.set(title=f"{day} ({dt.date.fromisoformat(day):%a})", xticks=range(0, 24, 6))
-    for ax in axes.flat[len(days):]:
+    for ax in axes.flat[len(days) :]:
         ax.axis("off")
     for ax in axes[-1, :]:
         ax.set_xlabel("hour (UTC)")
@@ -329,24 +352,48 @@ def main() -> None:
     metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
     val_losses = [h["val_loss"] for h in history]
     predicted_valid = inverse_transform(trainer.predict(model_inputs(valid, calendar, p.batch_size)), scaler)
-    metrics |= {"valid_mse_scaled": valid_mse, "valid_mae_mw": mae(valid["target_mw"], predicted_valid),
-                "valid_mape": mape(valid["target_mw"], predicted_valid), "epochs": len(history), "best_epoch": int(np.argmin(val_losses)) + 1}
-    log.info("test MAE %.0f MW, MAPE %.2f %% (yesterday %.0f, last week %.0f): skill vs best naive %.3f; "
-             "best epoch %d of %d", metrics["test_mae_mw"], metrics["test_mape"], metrics["naive_yesterday_mae_mw"],
-             metrics["naive_last_week_mae_mw"], metrics["skill_vs_best_naive"], metrics["best_epoch"], metrics["epochs"])
+    metrics |= {
+        "valid_mse_scaled": valid_mse,
+        "valid_mae_mw": mae(valid["target_mw"], predicted_valid),
+        "valid_mape": mape(valid["target_mw"], predicted_valid),
+        "epochs": len(history),
+        "best_epoch": int(np.argmin(val_losses)) + 1,
+    }
+    log.info(
+        "test MAE %.0f MW, MAPE %.2f %% (yesterday %.0f, last week %.0f): skill vs best naive %.3f; "
+        "best epoch %d of %d",
+        metrics["test_mae_mw"],
+        metrics["test_mape"],
+        metrics["naive_yesterday_mae_mw"],
+        metrics["naive_last_week_mae_mw"],
+        metrics["skill_vs_best_naive"],
+        metrics["best_epoch"],
+        metrics["epochs"],
+    )
     if metrics["operator_forecast_mae_mw"] is not None:
-        log.info("the operator's day-ahead forecast on %d of those days: MAE %.0f MW, MAPE %.2f %% (this model: %.0f MW)",
-                 metrics["operator_forecast_days"], metrics["operator_forecast_mae_mw"],
-                 metrics["operator_forecast_mape"], metrics["test_mae_mw_operator_days"])
+        log.info(
+            "the operator's day-ahead forecast on %d of those days: MAE %.0f MW, MAPE %.2f %% (this model: %.0f MW)",
+            metrics["operator_forecast_days"],
+            metrics["operator_forecast_mae_mw"],
+            metrics["operator_forecast_mape"],
+            metrics["test_mae_mw_operator_days"],
+        )
 
     kept = np.flatnonzero(keep)
     shown = kept[evenly_spaced(len(kept), PLOTTED_DAYS)]
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
-        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "val_loss"],
-                  [(h["epoch"], h["loss"], h["val_loss"]) for h in history])
-        plot_forecast_days(list(test["target_day"][shown]), test["target_mw"][shown], predicted_mw[shown],
-                           out.file(PLOTS / "forecast_days.png"))
+        write_tsv(
+            out.file(PLOTS / "history.tsv"),
+            ["epoch", "loss", "val_loss"],
+            [(h["epoch"], h["loss"], h["val_loss"]) for h in history],
+        )
+        plot_forecast_days(
+            list(test["target_day"][shown]),
+            test["target_mw"][shown],
+            predicted_mw[shown],
+            out.file(PLOTS / "forecast_days.png"),
+        )
         trainer.model.save_weights(out.directory(MODEL_DIR) / "model.weights.h5")
     clear_checkpoints(ckpt)
 

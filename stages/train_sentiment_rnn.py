@@ -69,17 +69,21 @@ class TrainSentimentRnnParams(Section):
     dense_units: int = Field(128, ge=1)
     bidirectional: bool = Field(False, description="also read each review backwards (a second recurrent layer)")
     readout: Literal["last", "max", "mean_max"] = Field(
-        "last", description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps")
+        "last", description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps"
+    )
     embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
     weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay (AdamW) when > 0")
     learning_rate: float = Field(3e-3, gt=0.0, description="Adam")
     batch_size: int = Field(64, ge=1)
     bucket_boundaries: list[int] | None = Field(
-        [100, 200, 300, 400, 500, 600], description="review lengths at which buckets split (null: plain padded batches)")
+        [100, 200, 300, 400, 500, 600], description="review lengths at which buckets split (null: plain padded batches)"
+    )
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a higher validation accuracy before stopping")
     heatmap_units: int = Field(10, ge=1, description="recurrent units shown in memory_cells.png")
-    heatmap_min_tokens: int = Field(32, ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens")
+    heatmap_min_tokens: int = Field(
+        32, ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens"
+    )
     run_eagerly: bool = False
     checkpoint_every_s: float = Field(60.0, ge=0.0)
 
@@ -177,12 +181,17 @@ def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
 
     from stages.common.training import Trainer
 
-    optimizer = (keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
-                 if p.weight_decay else keras.optimizers.Adam(learning_rate=p.learning_rate))
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
+        if p.weight_decay
+        else keras.optimizers.Adam(learning_rate=p.learning_rate)
+    )
     return Trainer(
-        build_model(vocab_size, p), optimizer,
+        build_model(vocab_size, p),
+        optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy}, run_eagerly=p.run_eagerly,
+        metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
+        run_eagerly=p.run_eagerly,
     )
 
 
@@ -195,13 +204,16 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
     seed_everything(seed)
     trainer = new_trainer(int(read_spec(data_dir)["vocab_size"]), p)
     history = trainer.fit(
-        train=lambda epoch: text_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch,
-                                         bucket_boundaries=p.bucket_boundaries),
+        train=lambda epoch: text_batches(
+            data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, bucket_boundaries=p.bucket_boundaries
+        ),
         epochs=p.max_epochs,
         validation=lambda: text_batches(data_dir, "valid", p.batch_size, bucket_boundaries=p.bucket_boundaries),
         early_stopping=EarlyStopping(monitor="val_accuracy", mode="max", patience=p.patience),
-        checkpoint_dir=checkpoints, checkpoint_every_s=p.checkpoint_every_s,
-        on_epoch_end=on_epoch_end, desc=STAGE,
+        checkpoint_dir=checkpoints,
+        checkpoint_every_s=p.checkpoint_every_s,
+        on_epoch_end=on_epoch_end,
+        desc=STAGE,
     )
     return trainer, history
 
@@ -296,8 +308,10 @@ def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
             if rating in (1, 10) and length >= min_tokens and (best is None or length < len(best[0])):
                 best = (ids[:length], int(rating))
     if best is None:
-        raise StageError(f"{data_dir}: no test review rated 1 or 10 with at least {min_tokens} tokens "
-                         "(lower train_sentiment_rnn.heatmap_min_tokens)")
+        raise StageError(
+            f"{data_dir}: no test review rated 1 or 10 with at least {min_tokens} tokens "
+            "(lower train_sentiment_rnn.heatmap_min_tokens)"
+        )
     return best
 
 
@@ -320,8 +334,12 @@ def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path)
             self.vocabulary = tf.saved_model.Asset(str(vocab_file))
             self.max_words = tf.Variable(max_words, dtype=tf.int64, trainable=False, name="max_words")
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64, name="token_indexes"),
-                                      tf.TensorSpec([None], tf.int64, name="sequence_length")])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None], tf.int64, name="token_indexes"),
+                tf.TensorSpec([None], tf.int64, name="sequence_length"),
+            ]
+        )
         def serve(self, token_indexes, sequence_length):
             logits = self.model({"token_indexes": token_indexes, "sequence_length": sequence_length}, training=False)
             return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
@@ -364,8 +382,15 @@ def main() -> None:
         "vocab_size": len(vocab),
         "test_reviews": len(labels),
     }
-    log.info("test accuracy %.4f, AUC %.4f, F1 %.4f (valid accuracy %.4f; best epoch %d of %d)",
-             metrics["test_accuracy"], metrics["test_auc"], metrics["test_f1"], valid_accuracy, best_epoch, len(history))
+    log.info(
+        "test accuracy %.4f, AUC %.4f, F1 %.4f (valid accuracy %.4f; best epoch %d of %d)",
+        metrics["test_accuracy"],
+        metrics["test_auc"],
+        metrics["test_f1"],
+        valid_accuracy,
+        best_epoch,
+        len(history),
+    )
 
     ids, rating = heatmap_review(DATA_DIR, p.heatmap_min_tokens)
     _, memory = recurrent_states(trainer.model, ids)
@@ -373,12 +398,19 @@ def main() -> None:
     probability = float(np.exp(review_logits[POSITIVE]) / np.exp(review_logits).sum())
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
-        write_tsv(out.file(PLOTS / "history.tsv"), ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
-                  [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history])
+        write_tsv(
+            out.file(PLOTS / "history.tsv"),
+            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
+            [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history],
+        )
         write_tsv(out.file(PLOTS / "roc.tsv"), ["fpr", "tpr", "threshold"], roc)
-        plot_memory_cells(memory[:, : p.heatmap_units], decode(ids, vocab), p.cell,
-                          f"test review rated {rating}/10; model's P(positive) = {probability:.3f}",
-                          out.file(PLOTS / "memory_cells.png"))
+        plot_memory_cells(
+            memory[:, : p.heatmap_units],
+            decode(ids, vocab),
+            p.cell,
+            f"test review rated {rating}/10; model's P(positive) = {probability:.3f}",
+            out.file(PLOTS / "memory_cells.png"),
+        )
         model_dir = out.directory(MODEL_DIR)
         trainer.model.save_weights(model_dir / "model.weights.h5")
         export_saved_model(trainer.model, vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL)

@@ -23,8 +23,9 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600,
-        env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command in ``cwd`` (``env`` set in, or with None removed from, the environment); on an
     unexpected failure show its output."""
     environment = stage_env()
@@ -35,7 +36,9 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600,
             environment[key] = value
     result = subprocess.run(args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        raise AssertionError(
+            f"{args} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
     return result
 
 
@@ -43,7 +46,10 @@ def project_files() -> list[str]:
     """The files a fresh clone has: tracked plus new, not ignored."""
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [f for f in listing.split("\0") if f and (ROOT / f).is_file()]
 

@@ -88,10 +88,16 @@ def write_form(form: str, folder: Path, rows: list[tuple[int, str, str]]) -> Pat
         path.write_text(icml_csv(rows))
         return path
     if form == "competition zip":  # its real layout: the CSV is icml_face_data.csv
-        return zip_file(folder / "competition.zip", {
-            "example_submission.csv": b"Id,Emotion\n", "train.csv": train, "test.csv": b"pixels\n",
-            "icml_face_data.csv": icml_csv(rows).encode(), "fer2013.tar.gz": tarball().read_bytes(),
-        })
+        return zip_file(
+            folder / "competition.zip",
+            {
+                "example_submission.csv": b"Id,Emotion\n",
+                "train.csv": train,
+                "test.csv": b"pixels\n",
+                "icml_face_data.csv": icml_csv(rows).encode(),
+                "fer2013.tar.gz": tarball().read_bytes(),
+            },
+        )
     if form == "zip with only the tarball":
         return zip_file(folder / "only_tar.zip", {"train.csv": train, "fer2013.tar.gz": tarball().read_bytes()})
     raise ValueError(form)
@@ -252,7 +258,9 @@ def test_kaggle_without_credentials_says_where_to_put_them(workdir: Path, tmp_pa
 def test_url_without_sha256_is_a_params_error(workdir: Path) -> None:
     set_params(workdir, source="url", url="https://example.invalid/fer2013.tar.gz")
     message = stage_fails(workdir)
-    assert message == "error: params.yaml: fer2013: sha256: required with source: url (the checksum of the mirror's file)"
+    assert (
+        message == "error: params.yaml: fer2013: sha256: required with source: url (the checksum of the mirror's file)"
+    )
 
 
 # --- the embedded sample --------------------------------------------------------------

@@ -33,6 +33,7 @@ PADDING = 2_500_000  # incompressible extra member: the tarball spans several 1 
 
 # --- helpers -----------------------------------------------------------------
 
+
 def review_files() -> dict[str, bytes]:
     """A tiny aclImdb tree: 2 reviews per labelled folder, one unlabelled."""
     files = {}
@@ -40,7 +41,8 @@ def review_files() -> dict[str, bytes]:
         for label, ratings in (("neg", (1, 3)), ("pos", (8, 10))):
             for i, rating in enumerate(ratings):
                 files[f"aclImdb/{split}/{label}/{i}_{rating}.txt"] = (
-                    f"A {label} {split} review number {i}.<br /><br />It was fine.".encode())
+                    f"A {label} {split} review number {i}.<br /><br />It was fine.".encode()
+                )
     files["aclImdb/train/unsup/0_0.txt"] = b"An unlabelled review."
     return files
 
@@ -97,8 +99,12 @@ def report(workdir: Path) -> dict:
 
 def snapshot(workdir: Path) -> dict[str, bytes]:
     """Every file under data/ and metrics/, by relative path."""
-    return {p.relative_to(workdir).as_posix(): p.read_bytes()
-            for top in ("data", "metrics") for p in sorted((workdir / top).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(workdir).as_posix(): p.read_bytes()
+        for top in ("data", "metrics")
+        for p in sorted((workdir / top).rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_nothing_written(workdir: Path) -> None:
@@ -113,6 +119,7 @@ def served(server: FileServer, files: dict[str, bytes] | None = None, padding: i
 
 
 # --- url source: the HTTP paths ------------------------------------------------
+
 
 def test_url_source_downloads_verifies_extracts_and_caches(workdir: Path, http_server: FileServer) -> None:
     url, data = served(http_server)
@@ -163,8 +170,12 @@ def test_stalled_server_times_out(workdir: Path, http_server: FileServer) -> Non
     url, data = served(http_server, padding=0)
     http_server.stall = True
     start = time.monotonic()
-    failed(stage(workdir, source="url", url=url, sha256=sha(data), size=len(data), read_timeout=0.5, retries=1),
-           url, "failed after 2 attempts", "timed out")
+    failed(
+        stage(workdir, source="url", url=url, sha256=sha(data), size=len(data), read_timeout=0.5, retries=1),
+        url,
+        "failed after 2 attempts",
+        "timed out",
+    )
     assert time.monotonic() - start < 20
     assert len(http_server.requests) == 2
     assert_nothing_written(workdir)
@@ -209,6 +220,7 @@ def test_download_gives_up_on_a_refused_connection(tmp_path: Path) -> None:
 
 # --- path source, archives and file checks ---------------------------------------
 
+
 def test_path_source_tarball_and_folder_give_the_same_tree(workdir: Path, tmp_path: Path) -> None:
     tarball = tmp_path / "aclImdb_v1.tar.gz"
     tarball.write_bytes(make_tarball(review_files()))
@@ -240,13 +252,16 @@ def test_gzip_cut_anywhere_is_caught(tmp_path: Path, cut: int) -> None:
         extract_archive(archive, tmp_path / "out")
 
 
-@pytest.mark.parametrize("files, links", [
-    ({"../evil": b"x"}, {}),
-    ({"aclImdb/../../evil": b"x"}, {}),
-    ({"/tmp/evil": b"x"}, {}),
-    ({}, {"aclImdb/train/pos/0_9.txt": "/etc/passwd"}),
-    ({}, {"aclImdb/train/pos": "../../.."}),
-])
+@pytest.mark.parametrize(
+    "files, links",
+    [
+        ({"../evil": b"x"}, {}),
+        ({"aclImdb/../../evil": b"x"}, {}),
+        ({"/tmp/evil": b"x"}, {}),
+        ({}, {"aclImdb/train/pos/0_9.txt": "/etc/passwd"}),
+        ({}, {"aclImdb/train/pos": "../../.."}),
+    ],
+)
 def test_tar_members_leading_outside_are_refused(tmp_path: Path, files: dict, links: dict) -> None:
     archive = tmp_path / "a.tar.gz"
     archive.write_bytes(make_tarball({**review_files(), **files}, links=links))
@@ -286,8 +301,14 @@ def test_file_checks_are_reported_with_skip(workdir: Path, tmp_path: Path) -> No
     messy_tree(tmp_path)
     ok(stage(workdir, source="path", path=str(tmp_path), on_bad_file="skip"))
     rep = report(workdir)
-    assert rep["problems"] == {"bad_file_names": 1, "rating_mismatches": 1, "skipped_files": 2,
-                               "empty_files": 1, "invalid_utf8_files": 1, "invalid_utf8_bytes": 3}
+    assert rep["problems"] == {
+        "bad_file_names": 1,
+        "rating_mismatches": 1,
+        "skipped_files": 2,
+        "empty_files": 1,
+        "invalid_utf8_files": 1,
+        "invalid_utf8_bytes": 3,
+    }
     assert rep["examples"]["bad_file_names"] == ["train/neg/notes.txt"]
     assert rep["examples"]["rating_mismatches"] == ["test/neg/7_9.txt"]
     assert rep["examples"]["empty_files"] == ["train/pos/6_9.txt"]
@@ -297,10 +318,13 @@ def test_file_checks_are_reported_with_skip(workdir: Path, tmp_path: Path) -> No
     assert not (workdir / RAW / "train/neg/notes.txt").exists()
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("train/neg/notes.txt", "bad file name"),
-    ("test/neg/7_9.txt", "rating 9 does not fit folder neg (1-4)"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("train/neg/notes.txt", "bad file name"),
+        ("test/neg/7_9.txt", "rating 9 does not fit folder neg (1-4)"),
+    ],
+)
 def test_bad_files_fail_by_default(workdir: Path, tmp_path: Path, bad: str, message: str) -> None:
     tree = messy_tree(tmp_path)
     for other in {"train/neg/notes.txt", "test/neg/7_9.txt"} - {bad}:
@@ -323,6 +347,7 @@ def test_decode_utf8_counts_replaced_bytes() -> None:
 
 
 # --- the embedded sample ----------------------------------------------------------
+
 
 def test_sample_layout_report_and_determinism(workdir: Path) -> None:
     ok(stage(workdir, sample={"per_class": 20}))

@@ -19,8 +19,14 @@ import yaml
 
 from conftest import copy_project, project_files, run
 from stages.train_emotion_cnn import (
-    EXPORT_NAME, TrainEmotionCnnParams, WeightedCrossEntropy, build_model, class_weights, first_of_each_class,
-    integrated_gradients, to_pixels,
+    EXPORT_NAME,
+    TrainEmotionCnnParams,
+    WeightedCrossEntropy,
+    build_model,
+    class_weights,
+    first_of_each_class,
+    integrated_gradients,
+    to_pixels,
 )
 
 TINY = dict(block_filters=[[4, 4], [4, 8], [8, 8], [8, 16]], head_filters=[16, 16, 16])
@@ -38,11 +44,30 @@ def expected_params(blocks: list[list[int]], head: list[int], classes: int = 7) 
     """The tutorial's layer list, counted by hand: kernels 5/5, 5/5, 3/3, 1/3 per block; head 1, 3, 1, 3."""
     (a1, b1), (a2, b2), (a3, b3), (a4, b4) = blocks
     h1, h2, h3 = head
-    return (conv(5, 1, a1) + bn(a1) + conv(5, a1, b1) + bn(b1)
-            + conv(5, b1, a2) + bn(a2) + conv(5, a2, b2) + bn(b2)
-            + conv(3, b2, a3) + bn(a3) + conv(3, a3, b3) + bn(b3)
-            + conv(1, b3, a4) + bn(a4) + conv(3, a4, b4) + bn(b4)
-            + conv(1, b4, h1) + bn(h1) + conv(3, h1, h2) + conv(1, h2, h3) + bn(h3) + conv(3, h3, classes))
+    return (
+        conv(5, 1, a1)
+        + bn(a1)
+        + conv(5, a1, b1)
+        + bn(b1)
+        + conv(5, b1, a2)
+        + bn(a2)
+        + conv(5, a2, b2)
+        + bn(b2)
+        + conv(3, b2, a3)
+        + bn(a3)
+        + conv(3, a3, b3)
+        + bn(b3)
+        + conv(1, b3, a4)
+        + bn(a4)
+        + conv(3, a4, b4)
+        + bn(b4)
+        + conv(1, b4, h1)
+        + bn(h1)
+        + conv(3, h1, h2)
+        + conv(1, h2, h3)
+        + bn(h3)
+        + conv(3, h3, classes)
+    )
 
 
 def test_output_shape_and_parameter_count_match_the_tutorial() -> None:
@@ -72,11 +97,14 @@ def test_batch_norm_and_dropout_follow_the_training_flag() -> None:
     assert not np.array_equal(model.get_layer("block1_bn").moving_mean.numpy(), moving_mean)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"dropout": [0.4, 0.3]}, "train_emotion_cnn: dropout: must be 4 rates in [0, 1) (got [0.4, 0.3])"),
-    ({"block_filters": [[16, 16], [32, 32], [64, 64]]}, "train_emotion_cnn: block_filters: must be 4 pairs"),
-    ({"class_weight": "auto"}, "train_emotion_cnn.class_weight:"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"dropout": [0.4, 0.3]}, "train_emotion_cnn: dropout: must be 4 rates in [0, 1) (got [0.4, 0.3])"),
+        ({"block_filters": [[16, 16], [32, 32], [64, 64]]}, "train_emotion_cnn: block_filters: must be 4 pairs"),
+        ({"class_weight": "auto"}, "train_emotion_cnn.class_weight:"),
+    ],
+)
 def test_bad_params_stop_with_one_line(workdir: Path, bad: dict, message: str) -> None:
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["train_emotion_cnn"].update(bad)
@@ -129,11 +157,16 @@ def test_augmentation_flips_and_shifts_each_face_deterministically(emotion_cnn_p
     inner = slice(shift, 48 - shift)
     flips = shifted = 0
     for original, result in zip(plain[0][0], augmented[0][0]):
-        matches = [(flip, dx, dy) for flip in (False, True) for dx in range(-shift, shift + 1)
-                   for dy in range(-shift, shift + 1)
-                   if np.array_equal(result[inner, inner],
-                                     (original[:, ::-1] if flip else original)[shift + dy:48 - shift + dy,
-                                                                               shift + dx:48 - shift + dx])]
+        matches = [
+            (flip, dx, dy)
+            for flip in (False, True)
+            for dx in range(-shift, shift + 1)
+            for dy in range(-shift, shift + 1)
+            if np.array_equal(
+                result[inner, inner],
+                (original[:, ::-1] if flip else original)[shift + dy : 48 - shift + dy, shift + dx : 48 - shift + dx],
+            )
+        ]
         assert matches, "augmented face is not a flipped/shifted copy of its original"
         flips += matches[0][0]
         shifted += matches[0][1:] != (0, 0)
@@ -208,14 +241,17 @@ def test_exported_model_gives_the_in_memory_logits(emotion_cnn_project: Path, tm
 
     # Plain TensorFlow in a fresh process, outside the project, without its code on the path.
     np.save(tmp_path / "pixels.npy", to_pixels(images))
-    script = ("import sys, numpy as np, tensorflow as tf\n"
-              "m = tf.saved_model.load(sys.argv[1])\n"
-              "p = m.serve(np.load('pixels.npy'))['probabilities'].numpy()\n"
-              "np.save('probabilities.npy', p)\n"
-              "print(','.join(n.decode() for n in m.class_names().numpy()))\n")
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "p = m.serve(np.load('pixels.npy'))['probabilities'].numpy()\n"
+        "np.save('probabilities.npy', p)\n"
+        "print(','.join(n.decode() for n in m.class_names().numpy()))\n"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script, str(export)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(export)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "Angry,Disgust,Fear,Happy,Sad,Surprise,Neutral"
     np.testing.assert_allclose(np.load(tmp_path / "probabilities.npy"), tf.nn.softmax(expected).numpy(), atol=1e-5)
@@ -242,8 +278,10 @@ def test_integrated_gradients_satisfy_completeness(emotion_cnn_project: Path) ->
     attributions, targets = integrated_gradients(model, faces, steps=256)
     np.testing.assert_array_equal(targets, np.argmax(model(faces, training=False), axis=1))
     rows = np.arange(len(faces))
-    gap = model(faces, training=False).numpy()[rows, targets] - model(np.zeros_like(faces), training=False).numpy()[
-        rows, targets]
+    gap = (
+        model(faces, training=False).numpy()[rows, targets]
+        - model(np.zeros_like(faces), training=False).numpy()[rows, targets]
+    )
     totals = attributions.reshape(len(faces), -1).sum(axis=1)
     np.testing.assert_allclose(totals, gap, rtol=0.01, atol=1e-3)
     assert (np.abs(gap) > 0.5).all()  # the check is not vacuous

@@ -30,7 +30,7 @@ def face_frames(n: int) -> list[np.ndarray]:
     frames = []
     for i, face in enumerate(faces):
         frame = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
-        frame[24:216, 10 + 4 * i:202 + 4 * i] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)[..., None]
+        frame[24:216, 10 + 4 * i : 202 + 4 * i] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)[..., None]
         frames.append(frame)
     return frames
 
@@ -95,8 +95,11 @@ def test_image_mode_prints_the_seven_probabilities(emotion_cnn_project: Path, tm
     cv2.imwrite(str(tmp_path / "crop.png"), face)
     cv2.imwrite(str(tmp_path / "frame.png"), face_frames(1)[0])
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((100, 120), 128, np.uint8))
-    for name, where in (("crop.png", "48×48 face crop"), ("frame.png", "face(s) found at"),
-                        ("blank.png", "no face found: the whole image")):
+    for name, where in (
+        ("crop.png", "48×48 face crop"),
+        ("frame.png", "face(s) found at"),
+        ("blank.png", "no face found: the whole image"),
+    ):
         lines = demo(["--image", str(tmp_path / name)], emotion_cnn_project).stdout.strip().splitlines()
         assert where in lines[0], lines
         table = [line.split("\t") for line in lines[1:]]
@@ -104,29 +107,47 @@ def test_image_mode_prints_the_seven_probabilities(emotion_cnn_project: Path, tm
         assert sum(float(p) for _, p in table) == pytest.approx(1.0, abs=5e-4)
 
 
-@pytest.mark.parametrize("case", ["no model", "no video", "not a video", "no camera", "bad image", "bad extension",
-                                  "no display"])
+@pytest.mark.parametrize(
+    "case", ["no model", "no video", "not a video", "no camera", "bad image", "bad extension", "no display"]
+)
 def test_demo_errors_are_one_line(emotion_cnn_project: Path, tmp_path: Path, case: str) -> None:
     (tmp_path / "junk.mp4").write_text("not a video\n")
     (tmp_path / "junk.png").write_text("not an image\n")
     video = write_video(tmp_path / "in.mp4", face_frames(2))
     args, expected = {
-        "no model": (["--video", str(video), "--out", str(tmp_path / "o.mp4"), "--model", str(tmp_path / "none")],
-                     f"error: {tmp_path / 'none'}: no exported model here"),
-        "no video": (["--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o.mp4")],
-                     f"error: {tmp_path / 'missing.mp4'}: no such file"),
-        "not a video": (["--video", str(tmp_path / "junk.mp4"), "--out", str(tmp_path / "o.mp4")],
-                        f"error: {tmp_path / 'junk.mp4'}: cannot read this video"),
+        "no model": (
+            ["--video", str(video), "--out", str(tmp_path / "o.mp4"), "--model", str(tmp_path / "none")],
+            f"error: {tmp_path / 'none'}: no exported model here",
+        ),
+        "no video": (
+            ["--video", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o.mp4")],
+            f"error: {tmp_path / 'missing.mp4'}: no such file",
+        ),
+        "not a video": (
+            ["--video", str(tmp_path / "junk.mp4"), "--out", str(tmp_path / "o.mp4")],
+            f"error: {tmp_path / 'junk.mp4'}: cannot read this video",
+        ),
         "no camera": (["--camera", "97", "--out", str(tmp_path / "o.mp4")], "error: camera 97: cannot be opened"),
-        "bad image": (["--image", str(tmp_path / "junk.png")], f"error: {tmp_path / 'junk.png'}: cannot read this image"),
-        "bad extension": (["--video", str(video), "--out", str(tmp_path / "o.txt")],
-                          f"error: --out {tmp_path / 'o.txt'}: use a .mp4 or .avi file name"),
+        "bad image": (
+            ["--image", str(tmp_path / "junk.png")],
+            f"error: {tmp_path / 'junk.png'}: cannot read this image",
+        ),
+        "bad extension": (
+            ["--video", str(video), "--out", str(tmp_path / "o.txt")],
+            f"error: --out {tmp_path / 'o.txt'}: use a .mp4 or .avi file name",
+        ),
         "no display": (["--video", str(video)], "error: cannot open a window (no display)"),
     }[case]
     # Headless, whatever the machine running the tests has: no window may open.
     env = {k: v for k, v in stage_env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-    result = subprocess.run([sys.executable, "-m", "stages.emotion_demo", *args], cwd=emotion_cnn_project, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.emotion_demo", *args],
+        cwd=emotion_cnn_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith(expected), result.stderr

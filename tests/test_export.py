@@ -40,8 +40,11 @@ print(tf.saved_model.experimental.read_fingerprint(sys.argv[1]).saved_model_chec
 
 
 def digests(directory: Path) -> dict[str, str]:
-    return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_export_bytes_do_not_depend_on_what_was_traced_before(tmp_path: Path) -> None:

@@ -48,8 +48,9 @@ def write_image(path: Path, image: np.ndarray) -> None:
     path.write_bytes(data.tobytes())
 
 
-def named_tree(root: Path, suffix: str = ".png", per_split: dict[str, int] | None = None,
-               smooth: bool = False) -> list[tuple[int, np.ndarray, str]]:
+def named_tree(
+    root: Path, suffix: str = ".png", per_split: dict[str, int] | None = None, smooth: bool = False
+) -> list[tuple[int, np.ndarray, str]]:
     """The ``{train,validation,test}/<emotion>/{Training,PublicTest,PrivateTest}_<n>`` layout; the rows the
     CSV must hold, in its order (split, then the number <n>: 9 before 10, whatever the emotion folder)."""
     per_split = per_split or {"Training": 3, "PublicTest": 1, "PrivateTest": 1}
@@ -70,8 +71,9 @@ def named_tree(root: Path, suffix: str = ".png", per_split: dict[str, int] | Non
     return rows
 
 
-def unnamed_tree(root: Path, train_per_class: tuple[int, ...] = (16, 3, 16, 24, 16, 8, 16),
-                 test_per_class: int = 2) -> dict[str, dict[str, np.ndarray]]:
+def unnamed_tree(
+    root: Path, train_per_class: tuple[int, ...] = (16, 3, 16, 24, 16, 8, 16), test_per_class: int = 2
+) -> dict[str, dict[str, np.ndarray]]:
     """The msambare/fer2013 layout: ``{train,test}/<emotion>/im<k>.png``, no split names; images by relative path."""
     tree: dict[str, dict[str, np.ndarray]] = {"train": {}, "test": {}}
     for split, counts in (("train", train_per_class), ("test", (test_per_class,) * 7)):
@@ -92,8 +94,11 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with path.open(newline="") as f:
         chunks = list(read_rows(f, str(path)))
     assert all(not bad for _, bad in chunks)
-    return (np.concatenate([c.emotions for c, _ in chunks]), np.concatenate([c.usages for c, _ in chunks]),
-            np.concatenate([c.pixels for c, _ in chunks]))
+    return (
+        np.concatenate([c.emotions for c, _ in chunks]),
+        np.concatenate([c.usages for c, _ in chunks]),
+        np.concatenate([c.pixels for c, _ in chunks]),
+    )
 
 
 def zip_folder(folder: Path, dest: Path, top: str = "") -> Path:
@@ -117,8 +122,12 @@ def report(workdir: Path) -> dict:
 
 
 def snapshot(workdir: Path) -> dict[str, bytes]:
-    return {p.relative_to(workdir).as_posix(): p.read_bytes()
-            for top in ("data", "metrics") for p in sorted((workdir / top).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(workdir).as_posix(): p.read_bytes()
+        for top in ("data", "metrics")
+        for p in sorted((workdir / top).rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(workdir: Path) -> list[str]:
@@ -129,12 +138,15 @@ def leftovers(workdir: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("form", ["folder", "zip", "tar.gz"])
-def test_named_layout_png_round_trips_exactly_in_split_and_number_order(workdir: Path, tmp_path: Path,
-                                                                        form: str) -> None:
+def test_named_layout_png_round_trips_exactly_in_split_and_number_order(
+    workdir: Path, tmp_path: Path, form: str
+) -> None:
     rows = named_tree(tmp_path / "fer")
-    source = {"folder": lambda: tmp_path / "fer",
-              "zip": lambda: zip_folder(tmp_path / "fer", tmp_path / "fer.zip"),
-              "tar.gz": lambda: tar_folder(tmp_path / "fer", tmp_path / "fer.tar.gz", top="fer2013/")}[form]()
+    source = {
+        "folder": lambda: tmp_path / "fer",
+        "zip": lambda: zip_folder(tmp_path / "fer", tmp_path / "fer.zip"),
+        "tar.gz": lambda: tar_folder(tmp_path / "fer", tmp_path / "fer.tar.gz", top="fer2013/"),
+    }[form]()
     set_params(workdir, source="path", path=str(source))
     run(MODULE, workdir)
     assert (workdir / OUT_CSV).read_text() == csv_text(rows)
@@ -296,8 +308,9 @@ def test_a_bad_file_is_one_line_naming_it_and_keeps_the_outputs(workdir: Path, t
     r = report(workdir)
     assert r["bad_rows"]["found"][reason] == 1 and r["bad_rows"]["skipped"] == 1
     assert r["bad_rows"]["examples"][0].startswith(f"{named}: {message}")
-    assert r["rows"] == sum((16, 3, 16, 24, 16, 8, 16)) + 14 - (bad in ("wrong size", "unreadable file",
-                                                                       "colour image"))
+    assert r["rows"] == sum((16, 3, 16, 24, 16, 8, 16)) + 14 - (
+        bad in ("wrong size", "unreadable file", "colour image")
+    )
 
 
 def test_a_bad_member_of_an_archive_is_named_by_archive_and_member(workdir: Path, tmp_path: Path) -> None:
@@ -343,8 +356,13 @@ def test_a_folder_without_image_folders_is_one_line(workdir: Path, tmp_path: Pat
 def test_kaggle_dataset_without_credentials_is_one_line(workdir: Path, tmp_path: Path) -> None:
     # Not downloadable here: only the missing-package / missing-credentials line can be checked.
     set_params(workdir, source="kaggle", kaggle_dataset="msambare/fer2013")
-    env = {"HOME": str(tmp_path / "home"), "KAGGLE_USERNAME": "", "KAGGLE_KEY": "", "KAGGLE_API_TOKEN": "",
-           "KAGGLE_CONFIG_DIR": str(tmp_path / "none")}
+    env = {
+        "HOME": str(tmp_path / "home"),
+        "KAGGLE_USERNAME": "",
+        "KAGGLE_KEY": "",
+        "KAGGLE_API_TOKEN": "",
+        "KAGGLE_CONFIG_DIR": str(tmp_path / "none"),
+    }
     result = run(MODULE, workdir, check=False, env=env)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -16,11 +16,19 @@ GOOD = {
     "metrics/metrics_demo_multiclass.json": {"train_loss": 0.03, "test_accuracy": 0.96, "test_macro_f1": 0.96},
     "metrics/metrics_demo_imbalanced.json": {"train_loss": 0.09, "test_roc_auc": 0.94, "test_macro_f1": 0.79},
     "metrics/metrics_demo_regression.json": {"test_r2": 0.67, "test_mse": 914.5},
-    "metrics/save_restore.json": {"max_abs_diff": 0.0, "checkpoint_max_abs_diff": 0.0,
-                                  "saved_model_max_abs_diff": 0.0, "continued_train_loss": 0.02,
-                                  "test_accuracy": 0.95},
-    "metrics/emotion_cnn.json": {"test_accuracy": 0.805, "test_macro_f1": 0.69, "valid_accuracy": 0.825,
-                                 "export_max_abs_diff": 0.0},
+    "metrics/save_restore.json": {
+        "max_abs_diff": 0.0,
+        "checkpoint_max_abs_diff": 0.0,
+        "saved_model_max_abs_diff": 0.0,
+        "continued_train_loss": 0.02,
+        "test_accuracy": 0.95,
+    },
+    "metrics/emotion_cnn.json": {
+        "test_accuracy": 0.805,
+        "test_macro_f1": 0.69,
+        "valid_accuracy": 0.825,
+        "export_max_abs_diff": 0.0,
+    },
     "metrics/sentiment_rnn.json": {"test_accuracy": 0.7488, "test_auc": 0.85},
     "metrics/load_forecast.json": {"skill_vs_best_naive": 0.43},
 }
@@ -36,8 +44,9 @@ def test_floor_and_ceiling_are_inclusive_and_a_missing_value_fails() -> None:
     for key in ("absent", "nested.absent", "nan", "flag"):  # never passes by omission
         assert not check("s", "f.json", metrics, key, 0.0, "floor")["pass"]
         assert not check("s", "f.json", metrics, key, 1.0, "ceiling")["pass"]
-    failed = check("train_emotion_cnn", "metrics/emotion_cnn.json", {"test_accuracy": 0.41}, "test_accuracy", 0.55,
-                   "floor")
+    failed = check(
+        "train_emotion_cnn", "metrics/emotion_cnn.json", {"test_accuracy": 0.41}, "test_accuracy", 0.55, "floor"
+    )
     assert describe(failed) == "gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy 0.41 < floor 0.55"
     failed = check("save_restore", "metrics/save_restore.json", {"max_abs_diff": 2e-7}, "max_abs_diff", 0.0, "ceiling")
     assert describe(failed) == "gate: save_restore metrics/save_restore.json max_abs_diff 2e-07 > ceiling 0"
@@ -63,9 +72,12 @@ def test_stage_passes_then_fails_with_one_line_per_failed_check_and_keeps_the_re
     assert set(report["checks"][0]) == {"stage", "file", "key", "value", "bound", "kind", "pass"}
     assert "gate: all 22 checks passed" in result.stderr
 
-    bad = {**GOOD, "metrics/emotion_cnn.json": {**GOOD["metrics/emotion_cnn.json"], "test_accuracy": 0.41},
-           "metrics/save_restore.json": {**GOOD["metrics/save_restore.json"], "max_abs_diff": 1e-6},
-           "metrics/load_forecast.json": {}}
+    bad = {
+        **GOOD,
+        "metrics/emotion_cnn.json": {**GOOD["metrics/emotion_cnn.json"], "test_accuracy": 0.41},
+        "metrics/save_restore.json": {**GOOD["metrics/save_restore.json"], "max_abs_diff": 1e-6},
+        "metrics/load_forecast.json": {},
+    }
     write_metrics(workdir, bad)
     result = run(["python", "-m", "stages.gate"], workdir, check=False)
     assert result.returncode == 2
@@ -78,14 +90,20 @@ def test_stage_passes_then_fails_with_one_line_per_failed_check_and_keeps_the_re
     assert result.stderr.splitlines()[-1] == "error: quality gate: 3 of 22 checks failed (all in metrics/gate.json)"
     report = json.loads((workdir / "metrics/gate.json").read_text())  # written although the gate failed
     assert report["passed"] is False and report["checks_failed"] == 3
-    assert [c["key"] for c in report["checks"] if not c["pass"]] == ["max_abs_diff", "test_accuracy",
-                                                                     "skill_vs_best_naive"]
+    assert [c["key"] for c in report["checks"] if not c["pass"]] == [
+        "max_abs_diff",
+        "test_accuracy",
+        "skill_vs_best_naive",
+    ]
 
 
-@pytest.mark.parametrize("value, message", [
-    ("floor: {acc: high}", "gate.simple_nn.floor.acc: must be a valid number (got 'high')"),
-    ("bottom: {acc: 0.5}", "gate.simple_nn.bottom: unknown key"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("floor: {acc: high}", "gate.simple_nn.floor.acc: must be a valid number (got 'high')"),
+        ("bottom: {acc: 0.5}", "gate.simple_nn.bottom: unknown key"),
+    ],
+)
 def test_bad_gate_params_are_one_line(workdir: Path, value: str, message: str) -> None:
     write_metrics(workdir, GOOD)
     params = workdir / "params.yaml"

@@ -25,8 +25,12 @@ N_FACES, N_REVIEWS = 70, 23
 def encode_review(item: tuple[int, list[int]]) -> bytes:
     """The tfrecords_imdb record format: context + token_indexes feature list."""
     review_id, tokens = item
-    context = {"sequence_length": T.int64_feature(len(tokens)), "target": T.int64_feature(review_id % 2),
-               "rating": T.int64_feature(1 + review_id % 10), "review_id": T.int64_feature(review_id)}
+    context = {
+        "sequence_length": T.int64_feature(len(tokens)),
+        "target": T.int64_feature(review_id % 2),
+        "rating": T.int64_feature(1 + review_id % 10),
+        "review_id": T.int64_feature(review_id),
+    }
     return T.sequence_example(context, {"token_indexes": T.int64_feature_list(tokens)})
 
 
@@ -39,8 +43,10 @@ def write_datasets(root: Path) -> None:
     fer = root / "data/tfrecords/fer2013"
     faces = [(i, i % 7, 0, rng.integers(0, 256, 48 * 48, dtype=np.uint8)) for i in range(N_FACES)]
     T.write_split(fer, "train", faces, encode_face, num_shards=3, workers=1)
-    T.write_spec(fer / "spec.json", {"class_names": list(EMOTIONS), "image_shape": [48, 48, 1],
-                                     "splits": {"train": {"examples": N_FACES}}})
+    T.write_spec(
+        fer / "spec.json",
+        {"class_names": list(EMOTIONS), "image_shape": [48, 48, 1], "splits": {"train": {"examples": N_FACES}}},
+    )
 
     series = root / "data/tfrecords/series"
     n_days = 30
@@ -49,7 +55,9 @@ def write_datasets(root: Path) -> None:
     split = Split("train", dates, load, load + 50, 0, 0)
     items = windows(split, 3, fit_scaler(split))
     T.write_split(series, "train", items, encode_window, num_shards=2, workers=1)
-    T.write_spec(series / "spec.json", {"look_back": 3, "hours_per_day": 24, "splits": {"train": {"examples": len(items)}}})
+    T.write_spec(
+        series / "spec.json", {"look_back": 3, "hours_per_day": 24, "splits": {"train": {"examples": len(items)}}}
+    )
 
     imdb = root / "data/tfrecords/imdb"
     reviews = [(i, rng.integers(3, 50, 1 + (i * 7) % 31).tolist()) for i in range(N_REVIEWS)]
@@ -117,7 +125,9 @@ def test_gzip_shards_are_read_from_their_extension(tmp_path: Path, data_root: Pa
     T.write_spec(tmp_path / "spec.json", {"image_shape": [48, 48, 1], "splits": {"valid": {"examples": 5}}})
     images, labels = next(P.image_batches(tmp_path, "valid", 8, cache=False).as_numpy_iterator())
     assert labels.tolist() == [3] * 5
-    np.testing.assert_allclose(images[:, 0, 0, 0], np.array([0, 2, 1, 3, 4]) / 255, rtol=1e-6)  # shards [0, 1], [2, 3, 4], round-robin
+    np.testing.assert_allclose(
+        images[:, 0, 0, 0], np.array([0, 2, 1, 3, 4]) / 255, rtol=1e-6
+    )  # shards [0, 1], [2, 3, 4], round-robin
 
 
 # --- series and text -------------------------------------------------------------------------

@@ -51,8 +51,14 @@ def set_params(root: Path, section: str, values: dict) -> None:
 
 
 def stage(root: Path, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=root, env=env or stage_env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *args],
+        cwd=root,
+        env=env or stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def unprivileged(root: Path, name: str) -> subprocess.CompletedProcess:
@@ -63,8 +69,9 @@ def unprivileged(root: Path, name: str) -> subprocess.CompletedProcess:
     capsh = shutil.which("capsh")
     if capsh is None:
         pytest.skip("capsh (libcap2-bin) is not installed: cannot drop root's CAP_DAC_OVERRIDE")
-    return run([capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)], root,
-               check=False)
+    return run(
+        [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)], root, check=False
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> None:
@@ -83,14 +90,21 @@ def failed(result: subprocess.CompletedProcess, *fragments: str) -> str:
 
 
 def snapshot(root: Path, tops: tuple[str, ...] = ("data", "metrics", "models", "plots")) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for top in tops for p in sorted((root / top).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for top in tops
+        for p in sorted((root / top).rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(root: Path) -> list[str]:
     """Temporary files and folders anywhere in the project (ours and the stages' scratch folders)."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if TEMPORARY.search(p.name) and ".git" not in p.relative_to(root).parts)
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if TEMPORARY.search(p.name) and ".git" not in p.relative_to(root).parts
+    )
 
 
 # --- 1. damaged archives --------------------------------------------------------------------------
@@ -150,9 +164,12 @@ def test_a_shard_cut_at_a_record_boundary_or_a_wrong_spec_stops_training(workdir
     whole = shard.read_bytes()
     records = list(read_records(shard))
     keep = len(records) - 17
-    shard.write_bytes(whole[:sum(16 + len(r) for r in records[:keep])])  # valid framing, fewer records
-    failed(stage(workdir, "train_load_rnn"), f"error: {shard.relative_to(workdir)}: {keep} records",
-           f"give it {len(records)}")
+    shard.write_bytes(whole[: sum(16 + len(r) for r in records[:keep])])  # valid framing, fewer records
+    failed(
+        stage(workdir, "train_load_rnn"),
+        f"error: {shard.relative_to(workdir)}: {keep} records",
+        f"give it {len(records)}",
+    )
     assert not (workdir / "metrics/load_forecast.json").exists() and not (workdir / "models").exists()
     # 11: failing before the first epoch leaves no empty checkpoint folder.
     assert [p.name for p in (workdir / "checkpoints").rglob("*")] == []
@@ -175,8 +192,11 @@ def test_a_failed_replace_keeps_every_previous_output(workdir: Path) -> None:
     set_params(workdir, "imdb", {"sample": {"per_class": 6}})  # new outputs differ from the old
     locked = workdir / "data/raw/imdb/aclImdb/test"
     locked.chmod(0o555)
-    failed(unprivileged(workdir, "download_imdb"), "error: data/raw/imdb: cannot replace it",
-           "data/raw/imdb/aclImdb/test is not writable")
+    failed(
+        unprivileged(workdir, "download_imdb"),
+        "error: data/raw/imdb: cannot replace it",
+        "data/raw/imdb/aclImdb/test is not writable",
+    )
     assert snapshot(workdir) == before
     assert leftovers(workdir) == []
     locked.chmod(0o755)
@@ -197,8 +217,11 @@ def test_a_read_only_output_folder_is_one_line(workdir: Path, read_only: str) ->
 
 
 def test_temporaries_of_a_killed_run_are_removed_by_the_next(workdir: Path) -> None:
-    stale = [workdir / "metrics/.data_series.json.k1ll3d_x.tmp", workdir / "data/raw/.series.k1ll3d_x.tmp/load.csv",
-             workdir / "data/raw/.series.k1ll3d_y.old/series/load.csv"]
+    stale = [
+        workdir / "metrics/.data_series.json.k1ll3d_x.tmp",
+        workdir / "data/raw/.series.k1ll3d_x.tmp/load.csv",
+        workdir / "data/raw/.series.k1ll3d_y.old/series/load.csv",
+    ]
     other = workdir / "metrics/.load_forecast.json.k1ll3d_x.tmp"  # another stage's: not ours to remove
     for path in [*stale, other]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,11 +234,14 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(workdir: Path) -> N
 # --- 5. non-finite params and diverging training --------------------------------------------------
 
 
-@pytest.mark.parametrize(("section", "model", "key", "value"), [
-    ("simple_nn", SimpleNNParams, ["learning_rate"], math.inf),
-    ("simple_nn", SimpleNNParams, ["checkpoint_every_s"], math.nan),
-    ("toy_data", ToyDataParams, ["moons", "noise"], math.inf),
-])
+@pytest.mark.parametrize(
+    ("section", "model", "key", "value"),
+    [
+        ("simple_nn", SimpleNNParams, ["learning_rate"], math.inf),
+        ("simple_nn", SimpleNNParams, ["checkpoint_every_s"], math.nan),
+        ("toy_data", ToyDataParams, ["moons", "noise"], math.inf),
+    ],
+)
 def test_non_finite_params_are_refused(workdir: Path, section: str, model, key: list[str], value: float) -> None:
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     node = params[section]
@@ -236,8 +262,10 @@ def test_a_diverging_training_stops_and_keeps_the_previous_outputs(workdir: Path
     failed(stage(workdir, "simple_nn"), "error: simple_nn: training diverged at epoch", "loss is nan")
     assert snapshot(workdir) == before and leftovers(workdir) == []
     set_params(workdir, "simple_nn", {"learning_rate": math.inf})
-    assert failed(stage(workdir, "simple_nn")) == \
-        "error: params.yaml: simple_nn.learning_rate: must be a finite number (got inf)"
+    assert (
+        failed(stage(workdir, "simple_nn"))
+        == "error: params.yaml: simple_nn.learning_rate: must be a finite number (got inf)"
+    )
 
 
 # --- 6. ~ in path params --------------------------------------------------------------------------
@@ -271,8 +299,12 @@ def test_a_year_long_gap_stops_make_series_naming_it(workdir: Path, tmp_path: Pa
     source = tmp_path / "load.csv"
     source.write_text("".join(line for line in export if not line.startswith('"') or ".2016 " not in line[:20]))
     set_params(workdir, "series", {"source": "path", "path": str(source)})
-    failed(stage(workdir, "make_series"), f"error: {source}: no load values for 8784 hours",
-           "from 2015-12-31T23:00:00Z to 2016-12-31T22:00:00Z", "series.max_gap_hours: 72")
+    failed(
+        stage(workdir, "make_series"),
+        f"error: {source}: no load values for 8784 hours",
+        "from 2015-12-31T23:00:00Z to 2016-12-31T22:00:00Z",
+        "series.max_gap_hours: 72",
+    )
     assert snapshot(workdir) == {}
     set_params(workdir, "series", {"max_gap_hours": 9000})
     ok(stage(workdir, "make_series"))
@@ -292,8 +324,16 @@ def test_a_second_run_of_a_stage_fails_at_once_while_the_first_holds_the_lock(wo
         failed(stage(workdir, "make_series"), "error: another run of make_series holds the lock")
     assert snapshot(workdir) == {} and leftovers(workdir) == []
     # Two real runs at once: each either finishes or stops on the lock; nothing is left behind.
-    runs = [subprocess.Popen([sys.executable, "-m", "stages.make_series"], cwd=workdir, env=stage_env(),
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stages.make_series"],
+            cwd=workdir,
+            env=stage_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
     assert any(code == 0 for code, _ in results), results
     for code, stderr in results:
@@ -308,8 +348,9 @@ def test_imdb_tarball_problems_name_the_tarball_and_member(workdir: Path, tmp_pa
     tarball = tmp_path / "aclImdb_v1.tar.gz"
     tarball.write_bytes(make_tarball({**review_files(), "aclImdb/train/pos/review_abc.txt": b"odd"}))
     set_params(workdir, "imdb", {"source": "path", "path": str(tarball)})
-    message = failed(stage(workdir, "download_imdb"),
-                     f"error: {tarball}: member aclImdb/train/pos/review_abc.txt: bad file name")
+    message = failed(
+        stage(workdir, "download_imdb"), f"error: {tarball}: member aclImdb/train/pos/review_abc.txt: bad file name"
+    )
     assert ".imdb-input." not in message
     tarball.chmod(0o000)
     failed(unprivileged(workdir, "download_imdb"), f"error: {tarball}: cannot read it: Permission denied")

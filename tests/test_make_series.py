@@ -110,8 +110,10 @@ def test_forecast_column_blanks_and_dst() -> None:
 
 def test_export_without_a_forecast_column_gives_blank_forecasts(caplog: pytest.LogCaptureFixture) -> None:
     header = '"Time (CET)","Actual Total Load [MW] - BZN|DE-LU"'
-    text = "\n".join([header, *(f'"{r.split(",")[0][1:-1]}","{r.split(",")[2][1:-1]}"'
-                                   for r in AUTUMN.splitlines()[1:])]) + "\n"
+    text = (
+        "\n".join([header, *(f'"{r.split(",")[0][1:-1]}","{r.split(",")[2][1:-1]}"' for r in AUTUMN.splitlines()[1:])])
+        + "\n"
+    )
     with caplog.at_level("INFO"):
         grid, _ = hourly_grid(parse_entsoe(text, "de.csv"))
     assert grid["load_mw"].tolist() == [24100, 23100, 22100, 21100, 20100, 19100]
@@ -273,7 +275,8 @@ def test_stage_url_source_downloads_caches_and_parses_like_path(workdir: Path, h
 
     run(MODULE, workdir)  # the kept file matches: no second request
     assert [r for r in http_server.requests if r[0] == "datasets/spain_hourly_entsoe.csv"] == [
-        ("datasets/spain_hourly_entsoe.csv", None)]
+        ("datasets/spain_hourly_entsoe.csv", None)
+    ]
 
     set_series(workdir, {"source": "path", "path": str(kept)})
     run(MODULE, workdir)
@@ -293,8 +296,10 @@ def test_stage_url_checksum_mismatch_is_one_line_and_keeps_outputs(workdir: Path
     result = run(MODULE, workdir, check=False)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: {url}: sha256 mismatch: expected {wrong}, got {hashlib.sha256(data).hexdigest()}; "
-                      "the downloaded file was deleted"], result.stderr
+    assert errors == [
+        f"error: {url}: sha256 mismatch: expected {wrong}, got {hashlib.sha256(data).hexdigest()}; "
+        "the downloaded file was deleted"
+    ], result.stderr
     assert before == {p: p.read_bytes() for p in sorted((workdir / "data/raw").rglob("*")) if p.is_file()}
     assert sorted(p.name for p in (workdir / "data/downloads/series").iterdir()) == ["README.txt"]
 

@@ -91,5 +91,6 @@ def test_an_unknown_numerics_mode_is_one_line(workdir: Path) -> None:
     result = run(["python", "-m", "stages.toy_data"], workdir, check=False, env={"EAGER_PIPELINE_NUMERICS": "quick"})
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
-        "error: EAGER_PIPELINE_NUMERICS='quick': must be one of reproducible, fast"]
+        "error: EAGER_PIPELINE_NUMERICS='quick': must be one of reproducible, fast"
+    ]
     assert not (workdir / "data").exists()

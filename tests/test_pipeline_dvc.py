@@ -98,7 +98,9 @@ def test_fresh_clone_reproduces_the_committed_metrics_plots_and_lock(repo: Path)
             keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
             problems.append(f"{name}: " + ", ".join(f"{k} committed {old.get(k)!r} fresh {new.get(k)!r}" for k in keys))
         else:
-            problems.append(f"{name}: {'missing' if name not in fresh else 'new' if name not in committed else 'differs'}")
+            problems.append(
+                f"{name}: {'missing' if name not in fresh else 'new' if name not in committed else 'differs'}"
+            )
     assert not problems, "a fresh clone's `dvc repro` does not reproduce the committed files:\n" + "\n".join(problems)
     assert (repo / "dvc.lock").read_bytes() == (ROOT / "dvc.lock").read_bytes()
     assert repo.with_name("first_run.status").read_text() == ""
@@ -144,8 +146,9 @@ def test_param_change_reruns_only_that_stage_and_metrics_diff_shows_it(repo: Pat
         run(["dvc", "repro"], repo)
 
 
-@pytest.mark.parametrize("module", ["stages/common/tabular.py", "stages/common/streaming_metrics.py",
-                                    "stages/common/training.py"])
+@pytest.mark.parametrize(
+    "module", ["stages/common/tabular.py", "stages/common/streaming_metrics.py", "stages/common/training.py"]
+)
 def test_shared_module_change_marks_exactly_its_importers_changed(repo: Path, module: str) -> None:
     importers = {name for name, cmd in stage_commands(repo).items() if module in stage_code_files(cmd)}
     assert importers, f"no stage imports {module}"
@@ -194,7 +197,9 @@ def test_stage_log_has_no_tensorflow_start_up_lines(repo: Path) -> None:
     """Each stage's own lines stand alone: TensorFlow's start-up chatter is filtered (stages/common/cli.py)."""
     err = repo.with_name("first_run.err").read_text()
     assert [line for line in err.splitlines() if any(pattern in line for pattern in STARTUP_NOISE)] == []
-    assert "toy_data: moons: 100 rows" in err and "train_sentiment_rnn: test accuracy" in err  # the stages' own lines pass
+    assert (
+        "toy_data: moons: 100 rows" in err and "train_sentiment_rnn: test accuracy" in err
+    )  # the stages' own lines pass
 
 
 def set_params(repo: Path, changes: dict[str, object]) -> None:
@@ -223,7 +228,9 @@ def test_gate_stops_repro_on_a_regressed_model_and_passes_once_restored(repo: Pa
         assert result.returncode != 0
         assert ran_stages(result.stdout)[-2:] == ["simple_nn", "gate"]  # the report does not run
         loss = json.loads((repo / "metrics/simple_nn.json").read_text())["train_loss"]
-        assert gate_lines(result.stderr) == [f"gate: simple_nn metrics/simple_nn.json train_loss {loss:g} > ceiling 0.3"]
+        assert gate_lines(result.stderr) == [
+            f"gate: simple_nn metrics/simple_nn.json train_loss {loss:g} > ceiling 0.3"
+        ]
         record = json.loads((repo / "metrics/gate.json").read_text())  # written: the record of why
         assert record["passed"] is False and record["checks_failed"] == 1
 
@@ -234,12 +241,14 @@ def test_gate_stops_repro_on_a_regressed_model_and_passes_once_restored(repo: Pa
         assert result.returncode != 0
         accuracy = json.loads((repo / "metrics/emotion_cnn.json").read_text())["test_accuracy"]
         assert gate_lines(result.stderr) == [
-            f"gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy {accuracy:g} < floor 0.99"]
+            f"gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy {accuracy:g} < floor 0.99"
+        ]
     finally:
         params_file.write_text(original)
     result = run(["dvc", "repro"], repo)
-    assert gate_lines(result.stderr) == [f"gate: all {len(json.loads((repo / 'metrics/gate.json').read_text())['checks'])} "
-                                         "checks passed"]
+    assert gate_lines(result.stderr) == [
+        f"gate: all {len(json.loads((repo / 'metrics/gate.json').read_text())['checks'])} checks passed"
+    ]
     assert output_hashes(repo) == before
     assert status(repo) == set()
 
@@ -279,8 +288,7 @@ def test_queued_experiments_show_side_by_side_and_apply(repo: Path) -> None:
     names = {"epochs50": 50, "epochs60": 60}
     try:
         for name, epochs in names.items():
-            run(["dvc", "exp", "run", "--queue", "--name", name,
-                 "-S", f"simple_nn.epochs={epochs}"], repo)
+            run(["dvc", "exp", "run", "--queue", "--name", name, "-S", f"simple_nn.epochs={epochs}"], repo)
         run(["dvc", "queue", "start"], repo)
         deadline = time.monotonic() + 600
         while True:
@@ -316,8 +324,17 @@ def test_queued_experiments_show_side_by_side_and_apply(repo: Path) -> None:
     assert status(repo) == set()
 
 
-MODEL_SECTIONS = ("simple_nn", "metrics_demo.multiclass", "metrics_demo.imbalanced", "metrics_demo.regression",
-                  "save_restore", "train_load_rnn", "train_emotion_cnn", "train_sentiment_rnn", "gate")
+MODEL_SECTIONS = (
+    "simple_nn",
+    "metrics_demo.multiclass",
+    "metrics_demo.imbalanced",
+    "metrics_demo.regression",
+    "save_restore",
+    "train_load_rnn",
+    "train_emotion_cnn",
+    "train_sentiment_rnn",
+    "gate",
+)
 
 
 @pytest.mark.parametrize("section", MODEL_SECTIONS)
@@ -360,16 +377,18 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("simple_nn:\n  epochs: 40\n")
     kept = tmp_path / "results"
-    result = run(["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny",
-                  "--results", str(kept)], repo)
+    result = run(
+        ["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)], repo
+    )
     assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
     assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
     assert yaml.safe_load((kept / "recipe.yaml").read_text()) == {"simple_nn.epochs": 40}
     info = json.loads((kept / "run.json").read_text())
     assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
-    assert any(name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix()
-                                                                for p in kept.rglob("*.png")))
+    assert any(
+        name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix() for p in kept.rglob("*.png"))
+    )
     # The workspace keeps the default run; the experiment is listed beside it.
     assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 500
     assert status(repo) == set()

@@ -42,13 +42,16 @@ def test_padding_does_not_change_the_logits(cell: str) -> None:
     model = build_model(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
     review = np.random.default_rng(0).integers(3, 50, size=23).tolist() + [2]
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
-    seq = steps({"token_indexes": padded([review], len(review) + 300),
-                 "sequence_length": np.array([len(review)])}).numpy()
+    seq = steps(
+        {"token_indexes": padded([review], len(review) + 300), "sequence_length": np.array([len(review)])}
+    ).numpy()
     assert np.abs(seq[0, -1] - seq[0, len(review) - 1]).max() > 1e-3
 
 
-@pytest.mark.parametrize("options", [{"bidirectional": True}, {"readout": "max"},
-                                     {"readout": "mean_max", "bidirectional": True, "cell": "gru"}])
+@pytest.mark.parametrize(
+    "options",
+    [{"bidirectional": True}, {"readout": "max"}, {"readout": "mean_max", "bidirectional": True, "cell": "gru"}],
+)
 def test_bidirectional_and_pooled_readouts_ignore_padding(options: dict) -> None:
     check_padding_invariance(TrainSentimentRnnParams(units=8, embedding_dim=6, dense_units=8, **options))
 
@@ -66,8 +69,12 @@ def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
     alone = model({"token_indexes": padded([review], len(review)), "sequence_length": lengths}).numpy()
     # The same review padded to 24 + 40 and, in a batch with a longer review, to 24 + 300.
     short_pad = model({"token_indexes": padded([review], len(review) + 40), "sequence_length": lengths}).numpy()
-    in_batch = model({"token_indexes": padded([review, other, review], len(review) + 300),
-                      "sequence_length": np.array([len(review), len(other), len(review)])}).numpy()
+    in_batch = model(
+        {
+            "token_indexes": padded([review, other, review], len(review) + 300),
+            "sequence_length": np.array([len(review), len(other), len(review)]),
+        }
+    ).numpy()
     np.testing.assert_allclose(short_pad, alone, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(in_batch[[0, 2]], np.repeat(alone, 2, axis=0), rtol=1e-5, atol=1e-6)
     other_alone = model({"token_indexes": padded([other], len(other)), "sequence_length": np.array([len(other)])})
@@ -184,8 +191,15 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     valid = spec["splits"]["valid"]
     spec["splits"]["train"] = {**valid, "shards": [n.replace("valid-", "train-", 1) for n in valid["shards"]]}
     (data / "spec.json").write_text(json.dumps(spec))
-    p = TrainSentimentRnnParams(max_epochs=3, patience=10, checkpoint_every_s=0.0, units=16, dense_units=16,
-                                batch_size=64, bucket_boundaries=[150, 300])
+    p = TrainSentimentRnnParams(
+        max_epochs=3,
+        patience=10,
+        checkpoint_every_s=0.0,
+        units=16,
+        dense_units=16,
+        batch_size=64,
+        bucket_boundaries=[150, 300],
+    )
     reference, reference_history = train_model(p, 7, data, None)
 
     def interrupt(epoch: int, logs: dict) -> None:
@@ -233,11 +247,12 @@ def records_with_sources(project: Path, split: str, n: int) -> list[tuple[list[i
 
     found = []
     for features, target in text_batches(project / DATA, split, 256, metadata=True).as_numpy_iterator():
-        for ids, length, label, review_id, rating in zip(features["token_indexes"], features["sequence_length"],
-                                                         target, features["review_id"], features["rating"]):
+        for ids, length, label, review_id, rating in zip(
+            features["token_indexes"], features["sequence_length"], target, features["review_id"], features["rating"]
+        ):
             found.append((ids[:length].tolist(), raw_review(project, split, int(label), int(review_id), int(rating))))
     found.sort(key=lambda item: -len(item[0]))  # truncated reviews (700 words + <eos>) first
-    return found[:3] + found[-3:] + found[len(found) // 2: len(found) // 2 + n - 6]
+    return found[:3] + found[-3:] + found[len(found) // 2 : len(found) // 2 + n - 6]
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -258,8 +273,9 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
     from stages.common.input_pipelines import read_spec
 
     chosen = records_with_sources(project, "test", 8)[2:6]  # a truncated review among them
-    result = run(["python", "-m", "stages.sentiment_predict", *[a for _, path in chosen for a in ("--file", str(path))]],
-                 project)
+    result = run(
+        ["python", "-m", "stages.sentiment_predict", *[a for _, path in chosen for a in ("--file", str(path))]], project
+    )
     lines = result.stdout.splitlines()
     assert [line.split("\t")[1] for line in lines] == [str(path) for _, path in chosen]
 
@@ -270,21 +286,27 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
         logits = model({"token_indexes": np.array([ids]), "sequence_length": np.array([len(ids)])}, training=False)
         assert float(line.split("\t")[0]) == pytest.approx(float(tf.nn.softmax(logits)[0, 1]), abs=6e-5)
 
-    one = run(["python", "-m", "stages.sentiment_predict", "The acting was not bad at all. Highly recommended."],
-              project).stdout
+    one = run(
+        ["python", "-m", "stages.sentiment_predict", "The acting was not bad at all. Highly recommended."], project
+    ).stdout
     assert 0.0 <= float(one) <= 1.0 and one.count("\n") == 1  # a single review: just the probability
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "error: no review given: pass its text, or --file PATH"),
-    (["   "], "error: text 1: empty review (no words once HTML is stripped)"),
-    (["<br /><br />"], "error: text 1: empty review (no words once HTML is stripped)"),
-    (["--file", "missing.txt"], "error: missing.txt: cannot read (No such file or directory)"),
-    (["--file", "latin1.txt"], "error: latin1.txt: not UTF-8 text (invalid continuation byte at byte 2)"),
-    (["--file", "empty.txt"], "error: empty.txt: empty review (no words once HTML is stripped)"),
-    (["--model", "nowhere", "Great film."],
-     "error: nowhere: no exported model here (run `dvc repro train_sentiment_rnn`, or pass --model)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "error: no review given: pass its text, or --file PATH"),
+        (["   "], "error: text 1: empty review (no words once HTML is stripped)"),
+        (["<br /><br />"], "error: text 1: empty review (no words once HTML is stripped)"),
+        (["--file", "missing.txt"], "error: missing.txt: cannot read (No such file or directory)"),
+        (["--file", "latin1.txt"], "error: latin1.txt: not UTF-8 text (invalid continuation byte at byte 2)"),
+        (["--file", "empty.txt"], "error: empty.txt: empty review (no words once HTML is stripped)"),
+        (
+            ["--model", "nowhere", "Great film."],
+            "error: nowhere: no exported model here (run `dvc repro train_sentiment_rnn`, or pass --model)",
+        ),
+    ],
+)
 def test_predict_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "latin1.txt").write_bytes("Tr\xe8s bon film".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("")

@@ -21,11 +21,26 @@ STAGES = dvc_stages()
 
 
 def test_pipeline_has_the_tutorial_stages() -> None:
-    expected = {"toy_data", "simple_nn", "metrics_demo@multiclass", "metrics_demo@imbalanced",
-                "metrics_demo@regression", "save_restore", "download_imdb", "download_fer2013", "make_series",
-                "tfrecords_imdb", "tfrecords_fer2013", "tfrecords_series", "inspect_batches", "train_load_rnn",
-                "train_emotion_cnn",
-                "train_sentiment_rnn", "gate", "report"}
+    expected = {
+        "toy_data",
+        "simple_nn",
+        "metrics_demo@multiclass",
+        "metrics_demo@imbalanced",
+        "metrics_demo@regression",
+        "save_restore",
+        "download_imdb",
+        "download_fer2013",
+        "make_series",
+        "tfrecords_imdb",
+        "tfrecords_fer2013",
+        "tfrecords_series",
+        "inspect_batches",
+        "train_load_rnn",
+        "train_emotion_cnn",
+        "train_sentiment_rnn",
+        "gate",
+        "report",
+    }
     assert expected <= set(STAGES)
 
 
@@ -55,6 +70,11 @@ def test_stage_params_exist_and_include_the_seed(name: str) -> None:
 
 def test_every_params_section_is_used_by_a_stage() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    used = {key.split(".")[0] for stage in STAGES.values() for dep in stage.deps
-            if hasattr(dep, "params") for key in (dep.params or [])}
+    used = {
+        key.split(".")[0]
+        for stage in STAGES.values()
+        for dep in stage.deps
+        if hasattr(dep, "params")
+        for key in (dep.params or [])
+    }
     assert set(params) - used == set(), "params.yaml sections no stage reads"

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fd-level filter
 def stage_like(tmp_path: Path, body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``body`` as a stage's ``main`` through run_stage, in a process of its own."""
     script = tmp_path / "stage_like.py"
-    script.write_text("import os, sys\nfrom stages.common.cli import run_stage, fail\n\ndef main():\n"
-                      + textwrap.indent(textwrap.dedent(body), "    ")
-                      + "\n\nif __name__ == '__main__':\n    run_stage(main, 'stage_like', lock=False)\n")
+    script.write_text(
+        "import os, sys\nfrom stages.common.cli import run_stage, fail\n\ndef main():\n"
+        + textwrap.indent(textwrap.dedent(body), "    ")
+        + "\n\nif __name__ == '__main__':\n    run_stage(main, 'stage_like', lock=False)\n"
+    )
     return run([sys.executable, str(script)], tmp_path, check=False, env={"PYTHONPATH": str(ROOT), **(env or {})})
 
 
@@ -32,16 +34,22 @@ def noise_in(text: str) -> list[str]:
 def test_filter_drops_only_the_listed_lines_and_keeps_bytes_and_partial_lines() -> None:
     read_in, write_in = os.pipe()
     read_out, write_out = os.pipe()
-    data = (b"keep me\n" + b"I0000 port.cc:153] oneDNN custom operations are on. You may see\n"
-            + b"\r 10%|#   | 1/10\r 20%|##  | 2/10" + b"\xff\xfe not utf-8\n"
-            + b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n" + b"no newline at the end")
+    data = (
+        b"keep me\n"
+        + b"I0000 port.cc:153] oneDNN custom operations are on. You may see\n"
+        + b"\r 10%|#   | 1/10\r 20%|##  | 2/10"
+        + b"\xff\xfe not utf-8\n"
+        + b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
+        + b"no newline at the end"
+    )
     os.write(write_in, data)
     os.close(write_in)
     filter_stream(read_in, write_out)
     os.close(write_out)
     out = os.read(read_out, 65536)
-    assert out == (b"keep me\n" + b"\r 10%|#   | 1/10\r 20%|##  | 2/10" + b"\xff\xfe not utf-8\n"
-                   + b"no newline at the end")
+    assert out == (
+        b"keep me\n" + b"\r 10%|#   | 1/10\r 20%|##  | 2/10" + b"\xff\xfe not utf-8\n" + b"no newline at the end"
+    )
 
 
 def test_tensorflow_start_up_lines_are_gone_and_a_real_tensorflow_error_still_shows(tmp_path: Path) -> None:
@@ -63,12 +71,15 @@ def test_tensorflow_start_up_lines_are_gone_and_a_real_tensorflow_error_still_sh
 
 
 def test_error_lines_progress_bars_exit_codes_and_abrupt_exits_are_unaffected(tmp_path: Path) -> None:
-    result = stage_like(tmp_path, """
+    result = stage_like(
+        tmp_path,
+        """
     from tqdm import tqdm
     for _ in tqdm(range(3), desc="bar"):
         pass
     fail("something the user can fix")
-    """)
+    """,
+    )
     assert result.returncode == 2
     assert "bar:   0%" in result.stderr and "bar: 100%" in result.stderr  # (text mode turns its \r into \n)
     assert result.stderr.splitlines()[-1] == "error: something the user can fix"
@@ -86,14 +97,18 @@ def test_spawned_worker_processes_write_through_the_filter(tmp_path: Path) -> No
         "def work(i):\n"
         "    os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\n')\n"
         "    print(f'worker {i}', file=sys.stderr, flush=True)\n"
-        "    return i * i\n")
-    result = stage_like(tmp_path, """
+        "    return i * i\n"
+    )
+    result = stage_like(
+        tmp_path,
+        """
     import multiprocessing
     sys.path.insert(0, os.getcwd())
     import worker_mod
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         print(sum(pool.map(worker_mod.work, range(4))), file=sys.stderr)
-    """)
+    """,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     assert sorted(lines) == ["14", "worker 0", "worker 1", "worker 2", "worker 3"]
@@ -104,7 +119,8 @@ def test_on_a_terminal_the_stage_still_sees_a_terminal_and_draws_its_bars(tmp_pa
     import pty
 
     script = tmp_path / "stage_like.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, sys
         from tqdm import tqdm
         from stages.common.cli import run_stage
@@ -116,15 +132,22 @@ def test_on_a_terminal_the_stage_still_sees_a_terminal_and_draws_its_bars(tmp_pa
                 pass
 
         run_stage(main, "stage_like", lock=False)
-    """))
+    """)
+    )
     import fcntl
     import struct
     import termios
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing in 0 columns
-    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     os.close(slave)
     output = b""
     while True:
@@ -147,7 +170,8 @@ def test_on_a_terminal_the_stage_still_sees_a_terminal_and_draws_its_bars(tmp_pa
 def test_ctrl_c_still_prints_the_interrupted_line(tmp_path: Path) -> None:
     """SIGINT to the whole process group (as a terminal's Ctrl-C): the filter outlives the stage's last words."""
     script = tmp_path / "stage_like.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, time
         from stages.common.cli import run_stage
 
@@ -156,9 +180,15 @@ def test_ctrl_c_still_prints_the_interrupted_line(tmp_path: Path) -> None:
             time.sleep(60)
 
         run_stage(main, "stage_like", lock=False)
-    """))
-    process = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
     assert process.stderr.readline() == b"started\n"
     os.killpg(process.pid, 2)  # SIGINT to the stage and its filter
     rest = process.stderr.read()

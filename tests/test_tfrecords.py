@@ -28,7 +28,9 @@ SERIES_DAYS = ("2015-01-01", "2015-03-31")  # 90 days: 62 / 14 / 14 with the fra
 
 def encode_number(i: int) -> bytes:
     """A module-level encoder (pool workers import it by name)."""
-    return T.example({"number": T.int64_feature(i), "square": T.float_feature([i * 0.5, -i]), "name": T.bytes_feature(f"n{i}")})
+    return T.example(
+        {"number": T.int64_feature(i), "square": T.float_feature([i * 0.5, -i]), "name": T.bytes_feature(f"n{i}")}
+    )
 
 
 def set_params(project: Path, **sections: dict) -> None:
@@ -58,7 +60,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fer2013={"sample": {"preset": "small", **FACES}},
         series={"synthetic": {"start": SERIES_DAYS[0], "end": SERIES_DAYS[1]}},
         tfrecords_fer2013={"num_shards": 3, "compression": "none", "workers": 2},
-        tfrecords_series={"look_back": 5, "valid_fraction": 0.15, "test_fraction": 0.15, "num_shards": 2, "compression": "none"},
+        tfrecords_series={
+            "look_back": 5,
+            "valid_fraction": 0.15,
+            "test_fraction": 0.15,
+            "num_shards": 2,
+            "compression": "none",
+        },
     )
     for stage in ("download_fer2013", "make_series", "tfrecords_fer2013", "tfrecords_series"):
         run(["python", "-m", f"stages.{stage}"], root)
@@ -72,19 +80,31 @@ def test_protos_are_byte_identical_to_tensorflow_deterministic_serialization() -
     import tensorflow as tf
 
     values = [0, 1, 127, 128, 300, 2**40, -1, -(2**63)]
-    ours = T.example({"z": T.int64_feature(values), "a": T.bytes_feature([b"\x00x", "é"]),
-                      "f": T.float_feature([1.5, -2.25, 1e-30]), "empty": T.int64_feature([])})
-    theirs = tf.train.Example(features=tf.train.Features(feature={
-        "z": tf.train.Feature(int64_list=tf.train.Int64List(value=values)),
-        "a": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x00x", "é".encode()])),
-        "f": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5, -2.25, 1e-30])),
-        "empty": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
-    }))
+    ours = T.example(
+        {
+            "z": T.int64_feature(values),
+            "a": T.bytes_feature([b"\x00x", "é"]),
+            "f": T.float_feature([1.5, -2.25, 1e-30]),
+            "empty": T.int64_feature([]),
+        }
+    )
+    theirs = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "z": tf.train.Feature(int64_list=tf.train.Int64List(value=values)),
+                "a": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"\x00x", "é".encode()])),
+                "f": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5, -2.25, 1e-30])),
+                "empty": tf.train.Feature(int64_list=tf.train.Int64List(value=[])),
+            }
+        )
+    )
     assert ours == theirs.SerializeToString(deterministic=True)
 
     tokens = np.array([5, 0, 2, 127, 128, 40000, 2**33])
-    ours = T.sequence_example({"sequence_length": T.int64_feature(len(tokens)), "target": T.int64_feature(1)},
-                              {"token_indexes": T.int64_feature_list(tokens)})
+    ours = T.sequence_example(
+        {"sequence_length": T.int64_feature(len(tokens)), "target": T.int64_feature(1)},
+        {"token_indexes": T.int64_feature_list(tokens)},
+    )
     theirs = tf.train.SequenceExample()
     theirs.context.feature["sequence_length"].int64_list.value.append(len(tokens))
     theirs.context.feature["target"].int64_list.value.append(1)
@@ -96,19 +116,24 @@ def test_protos_are_byte_identical_to_tensorflow_deterministic_serialization() -
 
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
-def test_write_split_shards_read_back_by_tensorflow_and_the_independent_reader(tmp_path: Path, compression: str) -> None:
+def test_write_split_shards_read_back_by_tensorflow_and_the_independent_reader(
+    tmp_path: Path, compression: str
+) -> None:
     import tensorflow as tf
 
-    paths = T.write_split(tmp_path, "train", list(range(1100)), encode_number, num_shards=3,
-                          compression=compression, workers=1)
+    paths = T.write_split(
+        tmp_path, "train", list(range(1100)), encode_number, num_shards=3, compression=compression, workers=1
+    )
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert [p.name for p in paths] == [f"train-0000{i}-of-00003{suffix}" for i in range(3)]
     assert T.shard_paths(tmp_path, "train") == paths
     assert T.verify_shards(paths) == [366, 367, 367]  # contiguous, sizes differ by at most one
 
     dataset = tf.data.TFRecordDataset([str(p) for p in paths], compression_type="GZIP" if compression == "gzip" else "")
-    numbers = [tf.train.Example.FromString(r).features.feature["number"].int64_list.value[0]
-               for r in dataset.as_numpy_iterator()]
+    numbers = [
+        tf.train.Example.FromString(r).features.feature["number"].int64_list.value[0]
+        for r in dataset.as_numpy_iterator()
+    ]
     assert numbers == list(range(1100))
 
     independent = read_independently(paths[1])
@@ -157,8 +182,11 @@ def test_damaged_and_truncated_files_name_the_file(tmp_path: Path) -> None:
 def csv_faces(project: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with (project / "data/raw/fer2013/fer2013.csv").open() as stream:
         chunks = [chunk for chunk, _ in read_rows(stream, "fer2013.csv")]
-    return (np.concatenate([c.emotions for c in chunks]), np.concatenate([c.usages for c in chunks]),
-            np.concatenate([c.pixels for c in chunks]))
+    return (
+        np.concatenate([c.emotions for c in chunks]),
+        np.concatenate([c.usages for c in chunks]),
+        np.concatenate([c.pixels for c in chunks]),
+    )
 
 
 def test_fer2013_records_match_the_csv_read_independently(project: Path) -> None:
@@ -260,7 +288,9 @@ def test_series_scaler_ignores_test_values(project: Path) -> None:
     original = load_csv.read_text()
     lines = original.splitlines()
     # Double the loads of the last 10 days (all in the test split).
-    changed = lines[:-240] + [f"{t},{float(v) * 2 if v else ''},{f}" for t, v, f in (l.split(",") for l in lines[-240:])]
+    changed = lines[:-240] + [
+        f"{t},{float(v) * 2 if v else ''},{f}" for t, v, f in (l.split(",") for l in lines[-240:])
+    ]
     load_csv.write_text("\n".join(changed) + "\n")
     try:
         run(["python", "-m", "stages.tfrecords_series"], project)
@@ -302,7 +332,9 @@ def test_series_calendar_features_of_known_dates() -> None:
     features = calendar_features(days, "ES")
     assert features.shape == (4, len(names)) and features.dtype == np.float32
     assert [int(np.argmax(f[:7])) for f in features] == [1, 2, 3, 6] and (features[:, :7].sum(axis=1) == 1).all()
-    column = {name: features[:, names.index(name)].tolist() for name in ("holiday", "day_before_holiday", "day_after_holiday")}
+    column = {
+        name: features[:, names.index(name)].tolist() for name in ("holiday", "day_before_holiday", "day_after_holiday")
+    }
     assert column == {"holiday": [0, 1, 0, 0], "day_before_holiday": [1, 0, 0, 0], "day_after_holiday": [0, 0, 1, 0]}
     assert calendar_features([dt.date(2018, 3, 30)], "ES")[0, names.index("holiday")] == 1  # Good Friday, movable
 
@@ -313,7 +345,11 @@ def test_series_country_param_changes_the_holidays() -> None:
     from stages.tfrecords_series import TfrecordsSeriesParams
 
     holiday = list(CALENDAR_FEATURES).index("holiday")
-    days = [dt.date(2016, 1, 6), dt.date(2016, 10, 3), dt.date(2016, 10, 12)]  # Epiphany, German Unity, Spain's National Day
+    days = [
+        dt.date(2016, 1, 6),
+        dt.date(2016, 10, 3),
+        dt.date(2016, 10, 12),
+    ]  # Epiphany, German Unity, Spain's National Day
     assert calendar_features(days, "ES")[:, holiday].tolist() == [1, 0, 1]
     assert calendar_features(days, "DE")[:, holiday].tolist() == [0, 1, 0]  # Epiphany is regional in Germany
     assert TfrecordsSeriesParams(country="FR").country == "FR"

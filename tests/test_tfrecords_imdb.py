@@ -38,20 +38,43 @@ OUT = Path("data/tfrecords/imdb")
 # --- text ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, tokens", [
-    ("Great film.<br /><br />Loved it!", ["great", "film", ".", "loved", "it", "!"]),
-    ("I didn't like it; it's bad", ["i", "did", "n't", "like", "it", ";", "it", "'s", "bad"]),
-    ("They'll say I'm wrong, we've gone, you're right, he'd go",
-     ["they", "'ll", "say", "i", "'m", "wrong", ",", "we", "'ve", "gone", ",", "you", "'re", "right", ",",
-      "he", "'d", "go"]),
-    ("Can't won't DON'T", ["ca", "n't", "wo", "n't", "do", "n't"]),
-    ("It\u2019s a well-made, low-budget film...", ["it", "'s", "a", "well-made", ",", "low-budget", "film", "..."]),
-    ("3.5/10, 1,000 extras!!", ["3.5", "/", "10", ",", "1,000", "extras", "!", "!"]),
-    ("Tom &amp; Jerry &lt;3 &quot;yes&quot;", ["tom", "&", "jerry", "<", "3", '"', "yes", '"']),
-    ("A caf\u00e9 in Montr\u00e9al <i>rocks</i>", ["a", "caf\u00e9", "in", "montr\u00e9al", "rocks"]),
-    ("The end.The start", ["the", "end", ".", "the", "start"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, tokens",
+    [
+        ("Great film.<br /><br />Loved it!", ["great", "film", ".", "loved", "it", "!"]),
+        ("I didn't like it; it's bad", ["i", "did", "n't", "like", "it", ";", "it", "'s", "bad"]),
+        (
+            "They'll say I'm wrong, we've gone, you're right, he'd go",
+            [
+                "they",
+                "'ll",
+                "say",
+                "i",
+                "'m",
+                "wrong",
+                ",",
+                "we",
+                "'ve",
+                "gone",
+                ",",
+                "you",
+                "'re",
+                "right",
+                ",",
+                "he",
+                "'d",
+                "go",
+            ],
+        ),
+        ("Can't won't DON'T", ["ca", "n't", "wo", "n't", "do", "n't"]),
+        ("It\u2019s a well-made, low-budget film...", ["it", "'s", "a", "well-made", ",", "low-budget", "film", "..."]),
+        ("3.5/10, 1,000 extras!!", ["3.5", "/", "10", ",", "1,000", "extras", "!", "!"]),
+        ("Tom &amp; Jerry &lt;3 &quot;yes&quot;", ["tom", "&", "jerry", "<", "3", '"', "yes", '"']),
+        ("A caf\u00e9 in Montr\u00e9al <i>rocks</i>", ["a", "caf\u00e9", "in", "montr\u00e9al", "rocks"]),
+        ("The end.The start", ["the", "end", ".", "the", "start"]),
+        ("", []),
+    ],
+)
 def test_tokenize(text: str, tokens: list[str]) -> None:
     assert tokenize(text) == tokens
 
@@ -154,8 +177,14 @@ def test_bad_tree_names_the_path(tmp_path: Path) -> None:
 # --- the stage on a tiny tree -------------------------------------------------------------
 
 PER_CLASS = {"train": 10, "test": 4}
-PARAMS = {"min_word_frequency": 5, "max_words": 12, "valid_fraction": 0.2, "num_shards": 2,
-          "compression": "none", "workers": 2}
+PARAMS = {
+    "min_word_frequency": 5,
+    "max_words": 12,
+    "valid_fraction": 0.2,
+    "num_shards": 2,
+    "compression": "none",
+    "workers": 2,
+}
 
 
 def review_text(split: str, label: str, review_id: int) -> str:
@@ -164,8 +193,12 @@ def review_text(split: str, label: str, review_id: int) -> str:
     mood = "great wonderful" if label == "pos" else "awful boring"
     unique = f"w{split}{label}{review_id}"
     extra = " zebra" * 6 if split == "test" else ""
-    return (f"The film was {mood}.<br /><br />I didn't think it's &quot;{unique}&quot;" + f" {unique}" * 4
-            + f"{extra} and the end" + " of it" * (review_id % 5))
+    return (
+        f"The film was {mood}.<br /><br />I didn't think it's &quot;{unique}&quot;"
+        + f" {unique}" * 4
+        + f"{extra} and the end"
+        + " of it" * (review_id % 5)
+    )
 
 
 def make_tree(root: Path) -> None:
@@ -176,7 +209,8 @@ def make_tree(root: Path) -> None:
             for review_id in range(n):
                 rating = ratings[review_id % 4]
                 (folder / f"{review_id * 3}_{rating}.txt").write_text(
-                    review_text(split, label, review_id * 3), encoding="utf-8")
+                    review_text(split, label, review_id * 3), encoding="utf-8"
+                )
 
 
 def set_params(project: Path, **changes: object) -> None:
@@ -208,7 +242,8 @@ def converted(project: Path) -> dict[str, bytes]:
 
 def test_outputs_do_not_depend_on_workers_or_run(project: Path, converted: dict[str, bytes]) -> None:
     assert set(converted) == {"imdb_vocab.txt", "spec.json"} | {
-        f"{split}-0000{i}-of-00002.tfrecord" for split in ("train", "valid", "test") for i in (0, 1)}
+        f"{split}-0000{i}-of-00002.tfrecord" for split in ("train", "valid", "test") for i in (0, 1)
+    }
     set_params(project, workers=1)
     try:
         run(["python", "-m", "stages.tfrecords_imdb"], cwd=project)
@@ -230,15 +265,22 @@ def tf_records(folder: Path) -> dict[str, list[dict]]:
     """Every record parsed by TensorFlow, per split, with its serialized bytes."""
     import tensorflow as tf
 
-    context = {name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")}
+    context = {
+        name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")
+    }
     sequence = {"token_indexes": tf.io.FixedLenSequenceFeature([], tf.int64)}
     out = {}
     for split in ("train", "valid", "test"):
         records = []
         for raw in tf.data.TFRecordDataset(sorted(str(p) for p in folder.glob(f"{split}-*.tfrecord"))):
             ctx, seq = tf.io.parse_single_sequence_example(raw, context, sequence)
-            records.append({**{k: int(v) for k, v in ctx.items()},
-                            "token_indexes": seq["token_indexes"].numpy().tolist(), "raw": raw.numpy()})
+            records.append(
+                {
+                    **{k: int(v) for k, v in ctx.items()},
+                    "token_indexes": seq["token_indexes"].numpy().tolist(),
+                    "raw": raw.numpy(),
+                }
+            )
         out[split] = records
     return out
 
@@ -275,8 +317,9 @@ def test_records_read_back_with_tensorflow_and_an_independent_reader(project: Pa
     folder = project / OUT
     parsed = tf_records(folder)
     independent = independent_records(folder)
-    assert {split: [{k: v for k, v in r.items() if k != "raw"} for r in records]
-            for split, records in parsed.items()} == independent
+    assert {
+        split: [{k: v for k, v in r.items() if k != "raw"} for r in records] for split, records in parsed.items()
+    } == independent
     vocab = load_vocabulary(folder / "imdb_vocab.txt")
     spec = json.loads(converted["spec.json"])
     raw = project / "data/raw/imdb/aclImdb"
@@ -302,7 +345,10 @@ def test_splits_vocabulary_and_spec(project: Path, converted: dict) -> None:
     valid_ids = {(r.target, r.review_id) for r in splits["valid"]}
     assert not train_ids & valid_ids and len(train_ids | valid_ids) == 2 * PER_CLASS["train"]
     assert {k: v["classes"] for k, v in spec["splits"].items()} == {
-        "train": {"neg": 8, "pos": 8}, "valid": {"neg": 2, "pos": 2}, "test": {"neg": 4, "pos": 4}}
+        "train": {"neg": 8, "pos": 8},
+        "valid": {"neg": 2, "pos": 2},
+        "test": {"neg": 4, "pos": 4},
+    }
 
     # The vocabulary: train only, count >= 5, count desc then token asc.
     tokens = load_vocabulary(project / OUT / "imdb_vocab.txt").tokens
@@ -334,7 +380,9 @@ def test_bad_input_fails_in_one_line_and_keeps_outputs(project: Path, converted:
     finally:
         moved.rename(neg)
     assert result.returncode == 2
-    assert result.stderr == "error: data/raw/imdb/aclImdb/test/neg: missing folder (run the download_imdb stage first)\n"
+    assert (
+        result.stderr == "error: data/raw/imdb/aclImdb/test/neg: missing folder (run the download_imdb stage first)\n"
+    )
     assert read_outputs(project / OUT) == converted
 
 

@@ -16,8 +16,17 @@ import yaml
 
 from conftest import copy_project, project_files, run
 from stages.train_load_rnn import (
-    TrainLoadRnnParams, build_model, day_profiles, evaluate_forecasts, evenly_spaced, inverse_transform, mae, mape,
-    naive_last_week, naive_yesterday, skill,
+    TrainLoadRnnParams,
+    build_model,
+    day_profiles,
+    evaluate_forecasts,
+    evenly_spaced,
+    inverse_transform,
+    mae,
+    mape,
+    naive_last_week,
+    naive_yesterday,
+    skill,
 )
 
 START = dt.date(2021, 3, 1)
@@ -97,7 +106,9 @@ def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
     assert metrics["operator_forecast_days"] == 15  # 18 test days, 3 with a blank forecast hour
     assert metrics["operator_forecast_mae_mw"] == pytest.approx(20.0)
     kept = np.setdiff1d(np.arange(18), [0, 5, 7])
-    assert metrics["operator_forecast_mape"] == pytest.approx(mape(test["target_mw"][kept], test["target_mw"][kept] - 20))
+    assert metrics["operator_forecast_mape"] == pytest.approx(
+        mape(test["target_mw"][kept], test["target_mw"][kept] - 20)
+    )
     assert metrics["test_mae_mw_operator_days"] == pytest.approx(50.0)
     assert metrics["naive_yesterday_mae_mw"] == pytest.approx(100.0)
     assert metrics["naive_last_week_mae_mw"] == pytest.approx(700.0)
@@ -152,8 +163,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_stage_beats_the_seasonal_naive_baselines(project: Path) -> None:
     metrics = json.loads((project / "metrics/load_forecast.json").read_text())
     assert metrics["skill_vs_best_naive"] > 0.2, metrics  # the quality gate
-    for key in ("test_rmse_mw", "test_mse_global_scaler", "valid_mae_mw", "operator_forecast_mae_mw",
-                "operator_forecast_mape", "test_mae_mw_operator_days"):
+    for key in (
+        "test_rmse_mw",
+        "test_mse_global_scaler",
+        "valid_mae_mw",
+        "operator_forecast_mae_mw",
+        "operator_forecast_mape",
+        "test_mae_mw_operator_days",
+    ):
         assert np.isfinite(metrics[key]) and metrics[key] > 0, key
     assert 0 < metrics["operator_forecast_days"] <= metrics["test_days"]
     assert metrics["operator_forecast_mape"] < 3.0  # the sample's forecast: actual x (1 + ~1.5 % AR(1) noise)

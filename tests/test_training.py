@@ -24,8 +24,11 @@ def new_trainer(learning_rate: float = 0.5, run_eagerly: bool = False, seed: int
     seed_everything(seed)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
     return Trainer(
-        model, keras.optimizers.SGD(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        {"accuracy": keras.metrics.SparseCategoricalAccuracy}, run_eagerly=run_eagerly,
+        model,
+        keras.optimizers.SGD(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        {"accuracy": keras.metrics.SparseCategoricalAccuracy},
+        run_eagerly=run_eagerly,
     )
 
 
@@ -58,7 +61,8 @@ def test_early_stopping_restores_the_best_weights() -> None:
     trainer = new_trainer(learning_rate=8.0)
     snapshots: list[list[np.ndarray]] = []
     history = trainer.fit(
-        array_batches(x, y, 64, seed=1), epochs=40,
+        array_batches(x, y, 64, seed=1),
+        epochs=40,
         validation=lambda: [(x, y)],
         early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=3),
         on_epoch_end=lambda epoch, logs: snapshots.append(weights(trainer)),
@@ -90,8 +94,13 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
 
     resumed = new_trainer(seed=99)  # fresh objects, different init: everything must come from the checkpoint
     seen: list[int] = []
-    history = resumed.fit(batches, epochs=6, checkpoint_dir=tmp_path, checkpoint_every_s=0.0,
-                          on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    history = resumed.fit(
+        batches,
+        epochs=6,
+        checkpoint_dir=tmp_path,
+        checkpoint_every_s=0.0,
+        on_epoch_end=lambda epoch, logs: seen.append(epoch),
+    )
     assert seen == [4, 5]  # only the epochs that were missing
     assert int(resumed.optimizer.iterations.numpy()) == 6 * steps_per_epoch
     assert [h["epoch"] for h in history] == list(range(1, 7))

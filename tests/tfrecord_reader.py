@@ -49,11 +49,11 @@ def crc_checks(path: Path) -> list[bool]:
     raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
     ok, pos = [], 0
     while pos < len(raw):
-        header = raw[pos:pos + 12]
+        header = raw[pos : pos + 12]
         (length,) = struct.unpack("<Q", header[:8])
-        data = raw[pos + 12:pos + 12 + length]
+        data = raw[pos + 12 : pos + 12 + length]
         (length_crc,) = struct.unpack("<I", header[8:])
-        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length:pos + 16 + length])
+        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length : pos + 16 + length])
         ok.append(length_crc == masked(header[:8]) and data_crc == masked(data))
         pos += 16 + length
     return ok
@@ -89,7 +89,9 @@ def main(argv: list[str]) -> None:
     for raw in tfrecord_iterator(str(path), compression_type=compression):
         if sequence:
             message = example_pb2.SequenceExample.FromString(bytes(raw))
-            lists = {name: [_values(f, False) for f in fl.feature] for name, fl in message.feature_lists.feature_list.items()}
+            lists = {
+                name: [_values(f, False) for f in fl.feature] for name, fl in message.feature_lists.feature_list.items()
+            }
             out.append({"context": _features(message.context, None), "feature_lists": lists})
         else:
             out.append(_features(example_pb2.Example.FromString(bytes(raw)).features, png))
@@ -98,7 +100,9 @@ def main(argv: list[str]) -> None:
 
 def read_independently(path: Path, sequence: bool = False, png: str | None = None) -> dict[str, Any]:
     """Run this reader on ``path`` in a subprocess that never imports TensorFlow."""
-    args = [sys.executable, __file__, str(path)] + (["--sequence"] if sequence else []) + (["--png", png] if png else [])
+    args = (
+        [sys.executable, __file__, str(path)] + (["--sequence"] if sequence else []) + (["--png", png] if png else [])
+    )
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise AssertionError(f"tfrecord_reader failed on {path}:\n{result.stderr}")

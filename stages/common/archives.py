@@ -28,8 +28,15 @@ Keep = Callable[[str], bool]
 """Decides from a member's name (as stored in the archive) whether to extract it."""
 
 # What a damaged or truncated compressed stream raises while being read.
-_CORRUPT = (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile,
-            lzma.LZMAError, zipfile.BadZipFile)
+_CORRUPT = (
+    tarfile.ReadError,
+    tarfile.CompressionError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
+)
 
 
 def extract_archive(archive: Path, target: Path, keep: Keep | None = None) -> int:
@@ -105,5 +112,6 @@ def extract_zip(archive: Path, target: Path, keep: Keep | None = None) -> int:
 
 
 def _progress(archive: Path, total: int | None) -> tqdm:
-    return tqdm(total=total, desc=f"extracting {archive.name}", unit=" files", file=sys.stderr, disable=None,
-                leave=False)
+    return tqdm(
+        total=total, desc=f"extracting {archive.name}", unit=" files", file=sys.stderr, disable=None, leave=False
+    )

@@ -84,7 +84,7 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
         nonlocal broken
         try:
             while data and not broken:
-                data = data[os.write(fd_out, data):]
+                data = data[os.write(fd_out, data) :]
         except OSError:  # the reader went away (a closed terminal or pipe): keep draining, so no writer blocks
             broken = True
 
@@ -143,8 +143,13 @@ def _filter_startup_noise() -> None:
     else:
         read_end, write_end = os.pipe()
     try:
-        helper = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), "--filter-stderr"],
-                                  stdin=read_end, stdout=real, stderr=real, close_fds=True)
+        helper = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), "--filter-stderr"],
+            stdin=read_end,
+            stdout=real,
+            stderr=real,
+            close_fds=True,
+        )
     except OSError:
         os.close(read_end), os.close(write_end), os.close(real)
         return

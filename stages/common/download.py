@@ -134,8 +134,11 @@ def _fetch(
             if _request(session, url, part, offset, size, timeout, chunk_size):
                 return
             reason = "the server closed the connection before the end"
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema) as exc:
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+        ) as exc:
             raise StageError(f"{url}: invalid URL ({exc})") from None
         except (requests.RequestException, _Transient) as exc:
             reason = _describe(exc, timeout)
@@ -193,10 +196,20 @@ def _request(
             part.unlink(missing_ok=True)
             raise StageError(f"{url}: the server has {total} bytes, expected {size}")
         expected = size if size is not None else total
-        with part.open(mode) as f, tqdm(
-            total=expected, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"), file=sys.stderr, disable=None, leave=False,
-        ) as bar:
+        with (
+            part.open(mode) as f,
+            tqdm(
+                total=expected,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                file=sys.stderr,
+                disable=None,
+                leave=False,
+            ) as bar,
+        ):
             for chunk in response.iter_content(chunk_size):
                 f.write(chunk)
                 bar.update(len(chunk))

@@ -54,7 +54,7 @@ def renumber_functions(path: Path) -> None:
     for name in sorted(names, key=len, reverse=True):
         match = suffixes[name]
         if match:
-            renamed = name[:match.start()] + "".join(f"_{rank[int(uid)]}" for uid in match.group(1)[1:].split("_"))
+            renamed = name[: match.start()] + "".join(f"_{rank[int(uid)]}" for uid in match.group(1)[1:].split("_"))
             text = text.replace(f'"{name}"', f'"{renamed}"')
     renamed_model = text_format.Parse(text, saved_model_pb2.SavedModel())
     numbered = []  # captured resources' arguments are named by an id from the same kind of counter
@@ -65,8 +65,11 @@ def renumber_functions(path: Path) -> None:
         library.function.extend(functions)
         attr_maps = [a.attr for f in library.function for a in f.arg_attr.values()]
         attr_maps += [n.attr for f in library.function for n in f.node_def] + [n.attr for n in graph.graph_def.node]
-        numbered += [m["_user_specified_name"] for m in attr_maps
-                     if "_user_specified_name" in m and m["_user_specified_name"].s.isdigit()]
+        numbered += [
+            m["_user_specified_name"]
+            for m in attr_maps
+            if "_user_specified_name" in m and m["_user_specified_name"].s.isdigit()
+        ]
     ids = {value: str(i).encode() for i, value in enumerate(sorted({int(a.s) for a in numbered}))}
     for attr in numbered:
         attr.s = ids[int(attr.s)]
@@ -82,8 +85,13 @@ def stabilize_fingerprint(directory: Path) -> None:
     if not path.exists():  # fingerprinting switched off
         return
     fingerprint = fingerprint_pb2.FingerprintDef.FromString(fingerprinting.CreateFingerprintDef(str(directory)))
-    content = (fingerprint.saved_model_checksum, fingerprint.graph_def_program_hash, fingerprint.signature_def_hash,
-               fingerprint.saved_object_graph_hash, fingerprint.checkpoint_hash)
+    content = (
+        fingerprint.saved_model_checksum,
+        fingerprint.graph_def_program_hash,
+        fingerprint.signature_def_hash,
+        fingerprint.saved_object_graph_hash,
+        fingerprint.checkpoint_hash,
+    )
     digest = hashlib.sha256(" ".join(map(str, content)).encode()).digest()
     fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))  # 128 bits in decimal, as TF writes it
     path.write_bytes(fingerprint.SerializeToString(deterministic=True))

@@ -154,7 +154,9 @@ def read_rows(stream: TextIO, name: str, chunk_rows: int = 1024) -> Iterator[tup
         columns = find_columns(header)
         if columns is None:
             missing = [c for c in COLUMNS if c not in _names(header)]
-            raise StageError(f"{name}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)[:80]!r})")
+            raise StageError(
+                f"{name}: line 1: missing column(s) {', '.join(missing)} (header: {','.join(header)[:80]!r})"
+            )
         batch: list[tuple[int, list[str]]] = []
         last_line = reader.line_num
         for row in reader:

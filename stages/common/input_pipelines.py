@@ -63,8 +63,15 @@ PARSE_BATCH = 256  # records parsed per vectorized call
 MAX_CACHED_SPLITS = 8
 
 __all__ = [
-    "count_records", "dataset_files", "image_batches", "naming_damaged_file", "read_spec", "records",
-    "series_batches", "shuffle_order", "text_batches",
+    "count_records",
+    "dataset_files",
+    "image_batches",
+    "naming_damaged_file",
+    "read_spec",
+    "records",
+    "series_batches",
+    "shuffle_order",
+    "text_batches",
 ]
 
 Arrays = dict[str, np.ndarray]
@@ -105,15 +112,19 @@ def _check_counts(data_dir: Path, split: str, files: Sequence[Path], counts: Seq
     expected = entry.get("examples", entry.get("records"))  # the series/fer2013 and imdb specs' names
     listed = entry.get("files", entry.get("shards"))
     if listed is not None and sorted(listed) != sorted(f.name for f in files):
-        raise StageError(f"{data_dir}: the {split} shards {[f.name for f in files]} are not those spec.json lists "
-                         f"{listed} (re-run the stage that writes them)")
+        raise StageError(
+            f"{data_dir}: the {split} shards {[f.name for f in files]} are not those spec.json lists "
+            f"{listed} (re-run the stage that writes them)"
+        )
     if not isinstance(expected, int):
         return
     # write_split gives shard i the contiguous chunk shard_bounds says: each shard's own count is known.
     for path, count, (start, stop) in zip(files, counts, shard_bounds(expected, len(files))):
         if count != stop - start:
-            raise StageError(f"{path}: {count} records, but spec.json's {expected} {split} records give it "
-                             f"{stop - start} (truncated or replaced shard; re-run the stage that writes it)")
+            raise StageError(
+                f"{path}: {count} records, but spec.json's {expected} {split} records give it "
+                f"{stop - start} (truncated or replaced shard; re-run the stage that writes it)"
+            )
 
 
 def count_records(files: Sequence[Path]) -> int:
@@ -140,8 +151,10 @@ def _first_line(exc: tf.errors.OpError) -> str:
 
 def _spec_mismatch(files: Sequence[Path], exc: tf.errors.OpError) -> StageError:
     folder = Path(files[0]).parent
-    return StageError(f"{folder / 'spec.json'} does not fit the records of {Path(files[0]).name} ...: "
-                      f"{_first_line(exc)} (re-run the stage that writes {folder})")
+    return StageError(
+        f"{folder / 'spec.json'} does not fit the records of {Path(files[0]).name} ...: "
+        f"{_first_line(exc)} (re-run the stage that writes {folder})"
+    )
 
 
 # --- records, order ----------------------------------------------------------------------
@@ -170,8 +183,10 @@ def records(files: Sequence[Path], order: np.ndarray | None = None, block: int |
     dataset = tf.data.Dataset.from_tensor_slices([str(f) for f in files])
     dataset = dataset.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=READ_BUFFER),
-        cycle_length=min(len(files), MAX_PARALLEL_FILES), block_length=1,
-        num_parallel_calls=AUTOTUNE, deterministic=True,
+        cycle_length=min(len(files), MAX_PARALLEL_FILES),
+        block_length=1,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
     )
     if order is None:
         return dataset
@@ -180,7 +195,7 @@ def records(files: Sequence[Path], order: np.ndarray | None = None, block: int |
 
     def reorder(index: tf.Tensor, chunk: tf.Tensor) -> tf.Tensor:
         start = index * block
-        return tf.gather(chunk, positions[start:start + tf.shape(chunk, out_type=tf.int64)[0]] - start)
+        return tf.gather(chunk, positions[start : start + tf.shape(chunk, out_type=tf.int64)[0]] - start)
 
     return dataset.batch(max(1, block)).enumerate().map(reorder).unbatch()
 
@@ -257,16 +272,24 @@ def image_batches(
 
     def parse_faces(batch: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(batch, features)
-        images = tf.map_fn(lambda png: tf.ensure_shape(tf.io.decode_png(png, channels=shape[-1]), shape),
-                           parsed["image"], fn_output_signature=image_spec, parallel_iterations=16)
+        images = tf.map_fn(
+            lambda png: tf.ensure_shape(tf.io.decode_png(png, channels=shape[-1]), shape),
+            parsed["image"],
+            fn_output_signature=image_spec,
+            parallel_iterations=16,
+        )
         return {"image": images, "label": parsed["label"]}
 
-    dataset = _examples(files, parse_faces, shuffle_seed=shuffle_seed, epoch=epoch,
-                        shuffle_buffer=shuffle_buffer, cache=cache)
+    dataset = _examples(
+        files, parse_faces, shuffle_seed=shuffle_seed, epoch=epoch, shuffle_buffer=shuffle_buffer, cache=cache
+    )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     # uint8 -> float32 per batch, not per face: one vectorized op.
-    dataset = dataset.map(lambda b: (tf.image.convert_image_dtype(b["image"], tf.float32), b["label"]),
-                          num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.map(
+        lambda b: (tf.image.convert_image_dtype(b["image"], tf.float32), b["label"]),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     return _finish(dataset)
 
 
@@ -330,8 +353,15 @@ def series_batches(
             return {"days": parsed["inputs"], "calendar": parsed["calendar"]}, target
         return parsed["inputs"], target
 
-    dataset = _examples(files, parse_windows, shuffle_seed=shuffle_seed, epoch=epoch,
-                        shuffle_buffer=shuffle_buffer, cache=cache, select=split_label)
+    dataset = _examples(
+        files,
+        parse_windows,
+        shuffle_seed=shuffle_seed,
+        epoch=epoch,
+        shuffle_buffer=shuffle_buffer,
+        cache=cache,
+        select=split_label,
+    )
     return _finish(dataset.batch(batch_size, drop_remainder=drop_remainder))
 
 
@@ -359,7 +389,9 @@ def text_batches(
     features also hold ``rating`` and ``review_id``.
     """
     files = dataset_files(data_dir, split)
-    context = {name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")}
+    context = {
+        name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")
+    }
     sequence = {"token_indexes": tf.io.FixedLenSequenceFeature([], tf.int64)}
 
     def parse(record: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -377,12 +409,15 @@ def text_batches(
             lambda features, _: tf.shape(features["token_indexes"])[0],
             bucket_boundaries=boundaries,
             bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
-            padding_values=({key: tf.constant(PAD_ID, tf.int64) for key in dataset.element_spec[0]},
-                            tf.constant(0, tf.int64)),
+            padding_values=(
+                {key: tf.constant(PAD_ID, tf.int64) for key in dataset.element_spec[0]},
+                tf.constant(0, tf.int64),
+            ),
             drop_remainder=drop_remainder,
         )
     else:
         # One scalar pads every component (all int64); the targets are never padded.
-        dataset = dataset.padded_batch(batch_size, padding_values=tf.constant(PAD_ID, tf.int64),
-                                       drop_remainder=drop_remainder)
+        dataset = dataset.padded_batch(
+            batch_size, padding_values=tf.constant(PAD_ID, tf.int64), drop_remainder=drop_remainder
+        )
     return _finish(dataset)

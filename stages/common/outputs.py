@@ -97,8 +97,9 @@ class Outputs:
             blocked = _undeletable(final)
             if blocked is not None:
                 self._abort()
-                raise StageError(f"{final}: cannot replace it: {blocked} is not writable; "
-                                 f"previous outputs left as they were")
+                raise StageError(
+                    f"{final}: cannot replace it: {blocked} is not writable; previous outputs left as they were"
+                )
         asides: list[Path | None] = []  # per pending output: a folder holding the old one, if any
         moved_in = 0
         try:
@@ -128,8 +129,9 @@ class Outputs:
                     log.error("could not put %s back: %s", final, undo)
             self._abort()
             if isinstance(exc, OSError):
-                raise StageError(f"{failed}: cannot replace it: {exc.strerror or exc}; "
-                                 f"previous outputs left as they were") from None
+                raise StageError(
+                    f"{failed}: cannot replace it: {exc.strerror or exc}; previous outputs left as they were"
+                ) from None
             raise
         for (_, final), aside in zip(self._pending, asides):
             if aside is not None:

@@ -50,7 +50,9 @@ SUFFIX = {"none": ".tfrecord", "gzip": ".tfrecord.gz"}
 SPEC_FILE = "spec.json"
 
 _SPLIT_NAME = re.compile(r"[a-z][a-z0-9_]*")
-_SHARD_NAME = re.compile(r"(?P<split>[a-z][a-z0-9_]*)-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.tfrecord(?:\.gz)?)")
+_SHARD_NAME = re.compile(
+    r"(?P<split>[a-z][a-z0-9_]*)-(?P<index>\d{5})-of-(?P<count>\d{5})(?P<suffix>\.tfrecord(?:\.gz)?)"
+)
 _MAX_SHARDS = 99999  # five digits in the file names
 _CHUNK_ITEMS = 512  # items per pool task: fine-grained progress, little pickling overhead
 _CRC_MASK_DELTA = 0xA282EAD8
@@ -297,12 +299,16 @@ def write_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     bounds = shard_bounds(len(items), num_shards)
     # Tasks never straddle a shard, so each result goes to exactly one file.
-    tasks = [(shard, start, min(start + _CHUNK_ITEMS, stop))
-             for shard, (lo, stop) in enumerate(bounds) for start in range(lo, stop, _CHUNK_ITEMS)]
+    tasks = [
+        (shard, start, min(start + _CHUNK_ITEMS, stop))
+        for shard, (lo, stop) in enumerate(bounds)
+        for start in range(lo, stop, _CHUNK_ITEMS)
+    ]
     paths = [out_dir / shard_name(split, i, num_shards, compression) for i in range(num_shards)]
     files = [_ShardFile(p, compression) for p in paths]
-    progress = tqdm(total=len(items), desc=desc or split, unit="rec", leave=False, mininterval=0.5,
-                    file=sys.stderr, disable=None)  # no bar in logs without a terminal, like every other bar
+    progress = tqdm(
+        total=len(items), desc=desc or split, unit="rec", leave=False, mininterval=0.5, file=sys.stderr, disable=None
+    )  # no bar in logs without a terminal, like every other bar
     try:
         with ExitStack() as stack:
             if pool is None and workers > 1 and len(tasks) > 1:
@@ -325,7 +331,9 @@ def write_split(
     return paths
 
 
-def _write_results(tasks: list[tuple[int, int, int]], results: Iterable[bytes], files: list[_ShardFile], progress: Any) -> None:
+def _write_results(
+    tasks: list[tuple[int, int, int]], results: Iterable[bytes], files: list[_ShardFile], progress: Any
+) -> None:
     for (shard, start, stop), data in zip(tasks, results):
         files[shard].write(data)
         progress.update(stop - start)
@@ -352,7 +360,9 @@ def shard_paths(out_dir: Path, split: str) -> list[Path]:
     if not found:
         raise StageError(f"{out_dir}: no TFRecord shards for split {split!r}")
     if len(counts) > 1 or len(suffixes) > 1:
-        raise StageError(f"{out_dir}: split {split!r} mixes shard sets ({sorted(p.name for p in found.values())[:4]} ...)")
+        raise StageError(
+            f"{out_dir}: split {split!r} mixes shard sets ({sorted(p.name for p in found.values())[:4]} ...)"
+        )
     count = counts.pop()
     missing = sorted(set(range(count)) - set(found))
     if missing or max(found) >= count:

@@ -56,7 +56,9 @@ class EarlyStopping:
         return np.inf if self.mode == "min" else -np.inf
 
 
-def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None) -> Callable[[int], tf.data.Dataset]:
+def array_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None = None
+) -> Callable[[int], tf.data.Dataset]:
     """Epoch -> batches of in-memory arrays, reshuffled per epoch from ``seed + epoch``.
 
     The order depends only on ``seed + epoch`` (not on a generator's running
@@ -179,8 +181,14 @@ class Trainer:
 
         start = int(state.epoch.numpy())
         bar = tqdm(
-            total=epochs, initial=start, desc=desc, unit="epoch", file=sys.stderr,
-            disable=None, dynamic_ncols=True, mininterval=0.5,
+            total=epochs,
+            initial=start,
+            desc=desc,
+            unit="epoch",
+            file=sys.stderr,
+            disable=None,
+            dynamic_ncols=True,
+            mininterval=0.5,
         )
         last_save = time.monotonic()
         log_every = max(1, epochs // 10)
@@ -191,8 +199,10 @@ class Trainer:
                 logs = {"epoch": epoch + 1, **self.train_epoch(train(epoch))}
                 if not math.isfinite(logs["loss"]):
                     # Diverged: nothing after this is worth saving, and the previous outputs stay.
-                    raise StageError(f"{desc}: training diverged at epoch {epoch + 1}: loss is {logs['loss']} "
-                                     f"(lower the learning rate?)")
+                    raise StageError(
+                        f"{desc}: training diverged at epoch {epoch + 1}: loss is {logs['loss']} "
+                        f"(lower the learning rate?)"
+                    )
                 if validation is not None:
                     logs.update(self.evaluate(validation()))
                 state.history.append(logs)
@@ -204,7 +214,9 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
                 if bar.disable and ((epoch + 1) % log_every == 0 or stop):
                     log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
-                if manager is not None and (bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s):
+                if manager is not None and (
+                    bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s
+                ):
                     state.save(manager, checkpoint_dir)
                     last_save = time.monotonic()
                 if on_epoch_end is not None:
@@ -212,7 +224,10 @@ class Trainer:
                 if stop:
                     log.info(
                         "early stopping at epoch %d: best %s %.4g at epoch %d",
-                        epoch + 1, early_stopping.monitor, float(state.best_value.numpy()), int(state.best_epoch.numpy()),
+                        epoch + 1,
+                        early_stopping.monitor,
+                        float(state.best_value.numpy()),
+                        int(state.best_epoch.numpy()),
                     )
                     break
         finally:
@@ -251,9 +266,15 @@ class _FitState:
         weight_ids = {id(w) for w in model.weights}
         self.random_state = [v for v in model.variables if id(v) not in weight_ids]
         self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=trainer.optimizer, epoch=self.epoch, finished=self.finished,
-            best_value=self.best_value, best_epoch=self.best_epoch, wait=self.wait,
-            best_weights=self.best_weights, random_state=self.random_state,
+            model=model,
+            optimizer=trainer.optimizer,
+            epoch=self.epoch,
+            finished=self.finished,
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            wait=self.wait,
+            best_weights=self.best_weights,
+            random_state=self.random_state,
         )
 
     def update_early_stopping(self, logs: Mapping[str, float]) -> bool:
