@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import machine_info  # noqa: E402
@@ -74,6 +72,7 @@ def worker(workload: str, deterministic: bool) -> dict:
     sys.path.insert(0, os.getcwd())
     import stages  # noqa: F401  (pins the numerics, or not, before TF loads)
 
+    # isort: split
     import keras
     import tensorflow as tf
 
@@ -97,6 +96,7 @@ def worker(workload: str, deterministic: bool) -> dict:
 
         examples, real = read_spec(data)["splits"]["train"]["records"], REAL_REVIEWS  # IMDB spec says records
     else:
+        from stages.common.training import Trainer
         from stages.train_emotion_cnn import (
             STAGE,
             TrainEmotionCnnParams,
@@ -104,7 +104,6 @@ def worker(workload: str, deterministic: bool) -> dict:
             augment_batches,
             build_model,
         )
-        from stages.common.training import Trainer
 
         _, p = load_params(STAGE, TrainEmotionCnnParams)
         data = Path("data/tfrecords/fer2013")

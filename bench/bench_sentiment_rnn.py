@@ -78,7 +78,8 @@ def main() -> None:
         print(f"{name:26s} {result[name]['examples_per_s']:11.1f}")
     print(
         f"tf.function / eager: {result['speedup_vs_eager']:.1f}x (target >= {TARGET_EAGER_SPEEDUP}); "
-        f"tf.function / fit: {result['ratio_to_fit']:.3f} (target >= {1 - TARGET_FIT_GAP}) -> {RESULTS.relative_to(ROOT)}"
+        f"tf.function / fit: {result['ratio_to_fit']:.3f} (target >= {1 - TARGET_FIT_GAP}) "
+        f"-> {RESULTS.relative_to(ROOT)}"
     )
 
 

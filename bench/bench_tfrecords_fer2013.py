@@ -111,7 +111,8 @@ def main() -> None:
         print(f"{name:28s} {runs[name]['seconds']:8.2f} {faces / runs[name]['seconds']:8.0f}")
     print(
         f"target < {TARGET_SECONDS:.0f} s: {'met' if result['target_met'] else 'NOT met'}; "
-        f"same bytes: {result['same_bytes_for_1_and_2_workers']}; {result['output_mb']} MB -> {RESULTS.relative_to(ROOT)}"
+        f"same bytes: {result['same_bytes_for_1_and_2_workers']}; {result['output_mb']} MB "
+        f"-> {RESULTS.relative_to(ROOT)}"
     )
 
 

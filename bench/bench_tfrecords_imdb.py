@@ -97,7 +97,7 @@ def same_records(stage_dir: Path, baseline_dir: Path) -> bool:
         theirs = [r.numpy() for r in tf.data.TFRecordDataset(str(baseline_dir / f"{name}.tfrecord"))]
         if len(ours) != len(theirs) or any(
             tf.train.SequenceExample.FromString(a) != tf.train.SequenceExample.FromString(b)
-            for a, b in zip(ours, theirs)
+            for a, b in zip(ours, theirs, strict=True)
         ):
             return False
     return True

@@ -26,10 +26,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
-
 import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
 from bench_tfrecords_fer2013 import stage  # noqa: E402
+from common import machine_info  # noqa: E402
 
 RESULTS = ROOT / "bench/results/train_emotion_cnn.json"
 EPOCHS = 2
@@ -47,7 +46,7 @@ def epoch_seconds(p, seed: int, data: Path) -> list[float]:
 
     marks = [time.perf_counter()]
     train_model(p, seed, data, None, on_epoch_end=lambda epoch, logs: marks.append(time.perf_counter()))
-    return [round(b - a, 2) for a, b in zip(marks, marks[1:])]
+    return [round(b - a, 2) for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ class Fer2013Params(Section):
     sample: SampleSize = SampleSize()
 
     @model_validator(mode="after")
-    def _source_has_what_it_needs(self) -> "Fer2013Params":
+    def _source_has_what_it_needs(self) -> Fer2013Params:
         if self.source == "path" and not self.path:
             raise ValueError(
                 "path: required with source: path (a fer2013.csv, fer2013.tar.gz, zip, icml_face_data.csv "
@@ -358,17 +358,18 @@ def row_stats(
             ", ".join(f"{k} {v}" for k, v in found.items() if v),
             examples[0],
         )
-    for usage, n in zip(USAGES, counts.sum(axis=1)):
+    for usage, n in zip(USAGES, counts.sum(axis=1), strict=True):
         if n == 0:
             log.warning("%s: no %s rows; the stages after this one need all three Usage splits", name, usage)
     n_pixels = rows * PIXELS
     mean = pixel_sum / n_pixels
     return {
         "rows": rows,
-        "rows_per_split": {usage: int(n) for usage, n in zip(USAGES, counts.sum(axis=1))},
-        "rows_per_class": {emotion: int(n) for emotion, n in zip(EMOTIONS, counts.sum(axis=0))},
+        "rows_per_split": {usage: int(n) for usage, n in zip(USAGES, counts.sum(axis=1), strict=True)},
+        "rows_per_class": {emotion: int(n) for emotion, n in zip(EMOTIONS, counts.sum(axis=0), strict=True)},
         "rows_per_split_and_class": {
-            usage: {emotion: int(n) for emotion, n in zip(EMOTIONS, row)} for usage, row in zip(USAGES, counts)
+            usage: {emotion: int(n) for emotion, n in zip(EMOTIONS, row, strict=True)}
+            for usage, row in zip(USAGES, counts, strict=True)
         },
         "bad_rows": {"found": found, "skipped": skipped, "examples": examples},
         "pixels": {"mean": mean, "std": max(pixel_squares / n_pixels - mean * mean, 0.0) ** 0.5},

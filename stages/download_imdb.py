@@ -89,7 +89,7 @@ class ImdbParams(Section):
     backoff: float = Field(1.0, ge=0.0, description="seconds before the first retry; doubles each time")
 
     @model_validator(mode="after")
-    def _source_is_complete(self) -> "ImdbParams":
+    def _source_is_complete(self) -> ImdbParams:
         if self.source == "path" and not self.path:
             raise ValueError("path: required when source is path (a .tar.gz or an aclImdb/ folder)")
         if self.source == "url":

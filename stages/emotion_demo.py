@@ -35,10 +35,10 @@ from pathlib import Path
 # libav's own messages ("moov atom not found") would precede our one-line error; set before cv2 loads it.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from stages.common.cli import StageError, run_stage  # noqa: E402
+from stages.common.cli import StageError, run_stage
 
 log = logging.getLogger("stages.emotion_demo")
 
@@ -142,7 +142,7 @@ def annotate(
     left = x + w + 6 if x + w + 6 + panel_w <= width else max(x - 6 - panel_w, 0)
     top_y = min(max(y, 0), max(height - row * len(names), 0))
     cv2.rectangle(frame, (left, top_y), (left + panel_w, top_y + row * len(names)), PANEL, -1)
-    for i, (name, p) in enumerate(zip(names, probabilities)):
+    for i, (name, p) in enumerate(zip(names, probabilities, strict=True)):
         y0 = top_y + i * row
         cv2.putText(frame, name, (left, y0 + row - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, TEXT, 1, cv2.LINE_AA)
         cv2.rectangle(frame, (left + name_w, y0 + 2), (left + name_w + bar_w, y0 + row - 2), TEXT, 1)
@@ -156,7 +156,7 @@ def process_frame(frame: np.ndarray, detector, model: EmotionModel) -> int:
     gray = to_gray(frame)
     boxes = detect_faces(detector, gray)
     probabilities = model.probabilities(np.array([crop(gray, b) for b in boxes]).reshape(-1, SIDE, SIDE))
-    for box, p in zip(boxes, probabilities):
+    for box, p in zip(boxes, probabilities, strict=True):
         annotate(frame, box, p, model.class_names)
     return len(boxes)
 
@@ -291,7 +291,7 @@ def run_image(path: Path, gray: np.ndarray, detector, model: EmotionModel) -> No
             )
     probabilities = model.probabilities(face[None])[0]
     print(f"# {path}: {where}")
-    for name, p in zip(model.class_names, probabilities):
+    for name, p in zip(model.class_names, probabilities, strict=True):
         print(f"{name}\t{p:.4f}")
 
 

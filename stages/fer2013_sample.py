@@ -134,7 +134,10 @@ def split_labels(rows: dict[str, int], rng: np.random.Generator) -> tuple[np.nda
 def draw_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Faces (n, 48, 48) uint8 showing the expressions ``labels`` (0–6)."""
     n = len(labels)
-    u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731 - one vector of n draws
+
+    def u(lo: float, hi: float) -> np.ndarray:  # one vector of n draws
+        return rng.uniform(lo, hi, n)
+
     intensity = u(0.35, 1.0)
     expression = _BASE + intensity[:, None] * (_TARGETS[labels] - _BASE) + rng.normal(size=(n, len(_FIELDS))) * _JITTER
     person = dict(
@@ -173,7 +176,7 @@ def draw_faces(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     faces = np.empty((n, SIDE, SIDE), dtype=np.uint8)
     for i in range(n):
         p = {k: v[i] for k, v in person.items()}
-        e = dict(zip(_FIELDS, expression[i]))
+        e = dict(zip(_FIELDS, expression[i], strict=True))
         face, mask = _draw_canonical(p, e)
         matrix = cv2.getRotationMatrix2D((CANVAS / 2, CANVAS / 2 + 2), float(pose["angle"][i]), float(pose["scale"][i]))
         matrix[:, 2] += (2 * pose["dx"][i], 2 * pose["dy"][i])

@@ -88,7 +88,7 @@ class Synthetic(Section):
     missing_fraction: float = Field(0.001, ge=0.0, le=0.5, description="share of blank actual values")
 
     @model_validator(mode="after")
-    def _long_enough(self) -> "Synthetic":
+    def _long_enough(self) -> Synthetic:
         if (self.end - self.start).days < 14:
             raise ValueError(f"end ({self.end}) must be at least 14 days after start ({self.start})")
         return self
@@ -110,7 +110,7 @@ class SeriesParams(Section):
     synthetic: Synthetic = Synthetic()
 
     @model_validator(mode="after")
-    def _path_given(self) -> "SeriesParams":
+    def _path_given(self) -> SeriesParams:
         if self.source == "path" and not self.path:
             raise ValueError("path: must name an ENTSO-E CSV export when source is 'path'")
         if self.source == "url" and not self.sha256:
@@ -243,7 +243,7 @@ def parse_entsoe(text: str, name: str, on_bad_row: str = "fail") -> Parsed:
     forecasts = [k[3] for k in kept]
 
     utc = _to_utc(starts, markers, out.zone, out)
-    for when, load, forecast, start in zip(utc, loads, forecasts, starts):
+    for when, load, forecast, start in zip(utc, loads, forecasts, starts, strict=True):
         if when is None:  # the spring-forward hour: no such time, whatever the row says
             out.dst_gap_rows += 1
             out.dst_gap_values_dropped += int(not math.isnan(load)) + int(not math.isnan(forecast))
@@ -270,9 +270,9 @@ def _to_utc(starts: list[dt.datetime], markers: list[str | None], zone: str, out
     local = pd.DatetimeIndex(starts, dtype="datetime64[us]")
     localized = local.tz_localize(zone, ambiguous=is_dst, nonexistent="NaT").tz_convert("UTC").tz_localize(None)
     ambiguous = local.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").isna() & localized.notna()
-    out.dst_repeated_hours = len({s for s, a in zip(starts, ambiguous) if a and seen[s] >= 2})
+    out.dst_repeated_hours = len({s for s, a in zip(starts, ambiguous, strict=True) if a and seen[s] >= 2})
     result: list[dt.datetime | None] = []
-    for start, marker, when in zip(starts, markers, localized):
+    for start, marker, when in zip(starts, markers, localized, strict=True):
         if marker is not None:
             result.append(start - UTC_OFFSET[marker])
         else:
@@ -355,7 +355,7 @@ def write_series(path: Path, grid: pd.DataFrame) -> None:
 
     rows = (
         (_iso(when), cell(load), cell(forecast))
-        for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"])
+        for when, load, forecast in zip(grid.index, grid["load_mw"], grid["forecast_mw"], strict=True)
     )
     write_csv(path, ["timestamp_utc", "load_mw", "forecast_mw"], rows)
 

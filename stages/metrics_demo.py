@@ -136,14 +136,16 @@ def main() -> None:
         write_json(out.file(Path("metrics") / f"{stage}.json"), results)
         columns = [c for c in ("epoch", "loss", "accuracy") if c in history[0]]
         write_tsv(out.file(plot_dir / "history.tsv"), columns, [[h[c] for c in columns] for h in history])
-        pairs = zip(data.y_test.tolist(), plots["predicted"].tolist())
+        pairs = zip(data.y_test.tolist(), plots["predicted"].tolist(), strict=True)
         if regression:
             write_tsv(out.file(plot_dir / "predictions.tsv"), ["actual", "predicted"], pairs)
         else:
             write_csv(out.file(plot_dir / "confusion.csv"), ["actual", "predicted"], pairs)
         if "roc" in plots:
             fpr, tpr, thresholds = plots["roc"]
-            write_tsv(out.file(plot_dir / "roc.tsv"), ["fpr", "tpr", "threshold"], zip(fpr, tpr, thresholds))
+            write_tsv(
+                out.file(plot_dir / "roc.tsv"), ["fpr", "tpr", "threshold"], zip(fpr, tpr, thresholds, strict=True)
+            )
         model.save_weights(out.directory(Path("models") / stage) / "model.weights.h5")
     clear_checkpoints(ckpt)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
@@ -80,7 +79,7 @@ def stage_seconds(lines: list[tuple[float, str]], end: float) -> dict[str, float
     """Wall time of each stage from DVC's "Running stage 'x':" lines and their arrival times."""
     starts = [(t, m[1]) for t, line in lines if (m := re.match(r"Running stage '([^']+)'", line))]
     bounds = [t for t, _ in starts[1:]] + [end]
-    return {name: round(stop - start, 1) for (start, name), stop in zip(starts, bounds)}
+    return {name: round(stop - start, 1) for (start, name), stop in zip(starts, bounds, strict=True)}
 
 
 def run_experiment(command: list[str]) -> tuple[int, dict[str, float], float]:
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         for key, value in values.items():
             print(f"  {key} = {value!r}")
         return
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     code, stages, total = run_experiment(command)
     if code != 0:
         raise StageError(f"dvc exp run failed (exit {code}); the workspace is unchanged")

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reviews = read_reviews(args.texts, args.file)  # before the model: a bad input fails fast
     model = SentimentModel(args.model)
-    for review, probability in zip(reviews, model.probabilities([r.text for r in reviews])):
+    for review, probability in zip(reviews, model.probabilities([r.text for r in reviews]), strict=True):
         print(f"{probability:.4f}" if len(reviews) == 1 else f"{probability:.4f}\t{review.source}")
 
 

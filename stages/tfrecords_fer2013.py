@@ -119,7 +119,7 @@ def build_spec(items: dict[str, list], shards: dict[str, list[Path]], p: Tfrecor
         splits[split] = {
             "usage": usage,
             "examples": len(items[split]),
-            "class_counts": dict(zip(EMOTIONS, counts.tolist())),
+            "class_counts": dict(zip(EMOTIONS, counts.tolist(), strict=True)),
             "files": [path.name for path in shards[split]],
         }
     return {

@@ -206,7 +206,7 @@ def vocabulary_counts(chunks: list[ChunkTokens]) -> Counter[str]:
     """Training-token counts summed over the chunks."""
     total: Counter[str] = Counter()
     for chunk in chunks:
-        total.update({t: n for t, n in zip(chunk.types, chunk.vocab_counts) if n})
+        total.update({t: n for t, n in zip(chunk.types, chunk.vocab_counts, strict=True) if n})
     return total
 
 
@@ -321,9 +321,12 @@ def tokenize_and_encode(
         tasks = [
             (
                 np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
-                [(ids, r.target, r.rating, r.review_id) for ids, r in zip(chunk.ids, reviews[i : i + CHUNK_REVIEWS])],
+                [
+                    (ids, r.target, r.rating, r.review_id)
+                    for ids, r in zip(chunk.ids, reviews[i : i + CHUNK_REVIEWS], strict=True)
+                ],
             )
-            for i, chunk in zip(starts, chunks)
+            for i, chunk in zip(starts, chunks, strict=True)
         ]
         lengths = [n for chunk in chunks for n in chunk.lengths]
         del chunks

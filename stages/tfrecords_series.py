@@ -91,12 +91,13 @@ class TfrecordsSeriesParams(Section):
 
         if code not in holidays.list_supported_countries():
             raise ValueError(
-                f"{code!r} is not a country the holidays package knows (an ISO 3166 alpha-2 code such as 'ES', 'DE', 'FR')"
+                f"{code!r} is not a country the holidays package knows "
+                "(an ISO 3166 alpha-2 code such as 'ES', 'DE', 'FR')"
             )
         return code
 
     @model_validator(mode="after")
-    def _train_left(self) -> "TfrecordsSeriesParams":
+    def _train_left(self) -> TfrecordsSeriesParams:
         if self.valid_fraction + self.test_fraction >= 0.9:
             raise ValueError("valid_fraction + test_fraction must be below 0.9, leaving days to train on")
         return self

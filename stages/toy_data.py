@@ -29,7 +29,7 @@ class Moons(Section):
     n_train: int = Field(80, ge=1, description="first n_train rows train, the rest test (tutorial 03)")
 
     @model_validator(mode="after")
-    def _leaves_a_test_split(self) -> "Moons":
+    def _leaves_a_test_split(self) -> Moons:
         if self.n_train >= self.n_samples:
             raise ValueError(f"n_train ({self.n_train}) must be smaller than n_samples ({self.n_samples})")
         return self

@@ -51,14 +51,14 @@ Outputs:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from stages.common.cli import StageError, run_stage
+from stages.common.cli import run_stage
 from stages.common.params import Section, load_params
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,9 @@ def build_model(p: TrainEmotionCnnParams, num_classes: int = 7, side: int = 48):
 
     images = keras.Input((side, side, 1), name="images")
     x = images
-    for i, ((first, strided), (k1, k2), rate) in enumerate(zip(p.block_filters, KERNELS, p.dropout), start=1):
+    for i, ((first, strided), (k1, k2), rate) in enumerate(
+        zip(p.block_filters, KERNELS, p.dropout, strict=True), start=1
+    ):
         x = conv(first, k1, 1, f"block{i}_conv")(x)
         x = layers.BatchNormalization(name=f"block{i}_bn")(x)
         x = conv(strided, k2, 2, f"block{i}_conv_stride2")(x)  # halves the side
@@ -222,7 +224,7 @@ def integrated_gradients(
         targets = np.argmax(model(images, training=False).numpy(), axis=1)
     alphas = tf.reshape(tf.linspace(0.0, 1.0, steps + 1), [-1, 1, 1, 1])
     attributions = []
-    for image, target in zip(images, targets):
+    for image, target in zip(images, targets, strict=True):
         path = baseline + alphas * (image - baseline)  # (steps + 1, H, W, C)
         with tf.GradientTape() as tape:
             tape.watch(path)
@@ -314,7 +316,7 @@ def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints
     counts = [spec["splits"]["train"]["class_counts"].get(name, 0) for name in names]
     weights = class_weights(counts, p.class_weight)
     if weights is not None:
-        log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights)))
+        log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights, strict=True)))
     side = int(spec.get("image_shape", [48])[0])
     trainer = Trainer(
         build_model(p, len(names), side),
@@ -475,7 +477,7 @@ def main() -> None:
         write_csv(
             out.file(PLOTS / "confusion.csv"),
             ["actual", "predicted"],
-            [(names[a], names[b]) for a, b in zip(labels.tolist(), predicted.tolist())],
+            [(names[a], names[b]) for a, b in zip(labels.tolist(), predicted.tolist(), strict=True)],
         )
     log.info(
         "test accuracy %.3f (majority class %.3f), macro F1 %.3f; valid accuracy %.3f; best epoch %d of %d",

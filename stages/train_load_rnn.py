@@ -320,7 +320,7 @@ def plot_forecast_days(days: Sequence[str], actual_mw: np.ndarray, predicted_mw:
         rows, columns, figsize=(4 * columns, 3 * rows), sharex=True, sharey=True, squeeze=False, layout="constrained"
     )
     hours = np.arange(24)
-    for ax, day, actual, predicted in zip(axes.flat, days, actual_mw, predicted_mw):
+    for ax, day, actual, predicted in zip(axes.flat, days, actual_mw, predicted_mw, strict=False):
         ax.plot(hours, actual, color="black", label="actual")
         ax.plot(hours, predicted, color="tab:orange", linestyle="--", label="LSTM")
         ax.set(title=f"{day} ({dt.date.fromisoformat(day):%a})", xticks=range(0, 24, 6))

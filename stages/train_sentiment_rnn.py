@@ -304,7 +304,9 @@ def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
 
     best = None
     for features, _ in text_batches(data_dir, "test", 256, metadata=True).as_numpy_iterator():
-        for ids, length, rating in zip(features["token_indexes"], features["sequence_length"], features["rating"]):
+        for ids, length, rating in zip(
+            features["token_indexes"], features["sequence_length"], features["rating"], strict=True
+        ):
             if rating in (1, 10) and length >= min_tokens and (best is None or length < len(best[0])):
                 best = (ids[:length], int(rating))
     if best is None:

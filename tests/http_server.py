@@ -38,7 +38,7 @@ class FileServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/{name}"
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         self._thread.start()
         return self
 
@@ -50,7 +50,7 @@ class FileServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         server: FileServer = self.server.owner  # type: ignore[attr-defined]
         name = self.path.split("?", 1)[0].lstrip("/")
         range_header = self.headers.get("Range")
@@ -89,5 +89,5 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(chunk)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass  # keep test output clean

@@ -71,7 +71,10 @@ def zip_file(dest: Path, members: dict[str, bytes]) -> Path:
 def write_form(form: str, folder: Path, rows: list[tuple[int, str, str]]) -> Path:
     """The rows as one of the forms a user may have."""
     text = fer_csv(rows).encode()
-    tarball = lambda: tar_gz(folder / "fer2013.tar.gz", {"fer2013/README": b"readme\n", "fer2013/fer2013.csv": text})  # noqa: E731
+
+    def tarball() -> Path:
+        return tar_gz(folder / "fer2013.tar.gz", {"fer2013/README": b"readme\n", "fer2013/fer2013.csv": text})
+
     train = b"emotion,pixels\n" + b"".join(f"{e},{p}\n".encode() for e, p, u in rows if u == "Training")
     if form == "csv":
         path = folder / "fer2013.csv"

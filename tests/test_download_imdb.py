@@ -10,15 +10,14 @@ import re
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
 from conftest import run
 from http_server import FileServer
-
 from stages.common.archives import extract_archive
 from stages.common.cli import StageError
 from stages.common.download import download, part_path

@@ -148,7 +148,7 @@ def test_augmentation_flips_and_shifts_each_face_deterministically(emotion_cnn_p
     plain, augmented = batches(5, 0)
     _, again = batches(5, 0)
     _, other_epoch = batches(5, 1)
-    for (x, y), (ax, ay), (bx, _) in zip(plain, augmented, again):
+    for (_x, y), (ax, ay), (bx, _) in zip(plain, augmented, again, strict=True):
         np.testing.assert_array_equal(ay, y)
         np.testing.assert_array_equal(ax, bx)  # same (seed, epoch): same augmentation
     assert not np.array_equal(augmented[0][0], other_epoch[0][0])
@@ -156,7 +156,7 @@ def test_augmentation_flips_and_shifts_each_face_deterministically(emotion_cnn_p
     # Each augmented face is its original, maybe mirrored, shifted by at most `shift` pixels.
     inner = slice(shift, 48 - shift)
     flips = shifted = 0
-    for original, result in zip(plain[0][0], augmented[0][0]):
+    for original, result in zip(plain[0][0], augmented[0][0], strict=True):
         matches = [
             (flip, dx, dy)
             for flip in (False, True)
@@ -209,9 +209,9 @@ def test_interrupted_training_resumes_the_step_count(emotion_cnn_project: Path, 
     assert seen == [2]  # only the missing epoch ran
     assert int(resumed.optimizer.iterations.numpy()) == 3 * steps_per_epoch  # the step count continued
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    for a, b in zip(history, reference_history):
+    for a, b in zip(history, reference_history, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
-    for a, b in zip(resumed.model.weights, reference.model.weights):
+    for a, b in zip(resumed.model.weights, reference.model.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
 
 
@@ -265,7 +265,7 @@ def test_integrated_gradients_of_a_linear_model_are_input_times_weight() -> None
     x = np.random.default_rng(1).uniform(size=(2, 48, 48, 1)).astype(np.float32)
     attributions, targets = integrated_gradients(model, x, steps=2, targets=[4, 1])
     kernel = model.layers[-1].kernel.numpy()
-    for a, image, target in zip(attributions, x, targets):
+    for a, image, target in zip(attributions, x, targets, strict=True):
         np.testing.assert_allclose(a.ravel(), image.ravel() * kernel[:, target], rtol=1e-5, atol=1e-7)
 
 

@@ -66,8 +66,8 @@ def test_the_haar_cascade_finds_the_drawn_faces() -> None:
     detector = face_detector()
     found = [detect_faces(detector, cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)) for f in face_frames(FRAMES)]
     assert sum(len(boxes) == 1 for boxes in found) >= FRAMES - 2
-    for boxes, i in zip(found, range(FRAMES)):
-        for x, y, w, h in boxes:  # the box lies on the drawn face
+    for boxes, i in zip(found, range(FRAMES), strict=True):
+        for x, _y, w, _h in boxes:  # the box lies on the drawn face
             assert 10 + 4 * i - 20 <= x and x + w <= 202 + 4 * i + 20 and w >= 96
 
 

@@ -190,7 +190,9 @@ def test_unnamed_layout_carves_a_seeded_stratified_valid_split(workdir: Path, tm
     train_counts = (16, 3, 16, 24, 16, 8, 16)
     carved = [int(np.floor(0.25 * n + 0.5)) for n in train_counts]  # per class: 4, 1, 4, 6, 4, 2, 4
     assert list(r["rows_per_split_and_class"]["PublicTest"].values()) == carved
-    assert list(r["rows_per_split_and_class"]["Training"].values()) == [n - c for n, c in zip(train_counts, carved)]
+    assert list(r["rows_per_split_and_class"]["Training"].values()) == [
+        n - c for n, c in zip(train_counts, carved, strict=True)
+    ]
     assert list(r["rows_per_split_and_class"]["PrivateTest"].values()) == [2] * 7
 
     labels, usages, pixels = read_csv(workdir / OUT_CSV)
@@ -198,11 +200,13 @@ def test_unnamed_layout_carves_a_seeded_stratified_valid_split(workdir: Path, tm
     as_bytes = [p.tobytes() for p in pixels]
     train_images = {image.tobytes() for image in tree["train"].values()}
     assert set(as_bytes[: usages.tolist().index(2)]) == train_images  # Training + PublicTest = the train folder
-    assert {b for b, u in zip(as_bytes, usages) if u == 2} == {image.tobytes() for image in tree["test"].values()}
+    assert {b for b, u in zip(as_bytes, usages, strict=True) if u == 2} == {
+        image.tobytes() for image in tree["test"].values()
+    }
     # Within each split, path order (folders by name), numbers compared as numbers: im2 before im10.
-    test_order = [b for b, u in zip(as_bytes, usages) if u == 2]
+    test_order = [b for b, u in zip(as_bytes, usages, strict=True) if u == 2]
     assert test_order == [tree["test"][f"test/{f}/im{k}.png"].tobytes() for f in sorted(FOLDERS) for k in range(2)]
-    angry_train = [b for b, u, l in zip(as_bytes, usages, labels) if u == 0 and l == 0]
+    angry_train = [b for b, u, label in zip(as_bytes, usages, labels, strict=True) if u == 0 and label == 0]
     order = {tree["train"][f"train/angry/im{k}.png"].tobytes(): k for k in range(16)}
     assert [order[b] for b in angry_train] == sorted(order[b] for b in angry_train)
 

@@ -158,7 +158,7 @@ def test_text_batches_pad_with_zero(data_root: Path, buckets: list[int] | None) 
     for features, targets in dataset.as_numpy_iterator():
         tokens, lengths = features["token_indexes"], features["sequence_length"]
         assert tokens.dtype == np.int64 and tokens.shape == (len(targets), lengths.max())
-        for row, length in zip(tokens, lengths):
+        for row, length in zip(tokens, lengths, strict=True):
             assert np.all(row[:length] >= 3) and np.all(row[length:] == P.PAD_ID)
         assert targets.tolist() == (features["review_id"] % 2).tolist()
         if buckets:  # a bucket holds lengths from one interval only

@@ -34,7 +34,7 @@ from stages.common.tfrecords import read_records, shard_paths
 from stages.series_sample import entsoe_csv
 from stages.simple_nn import SimpleNNParams
 from stages.toy_data import ToyDataParams
-from test_download_fer2013 import make_rows, tar_gz, fer_csv, zip_file
+from test_download_fer2013 import fer_csv, make_rows, tar_gz, zip_file
 from test_download_imdb import make_tarball, review_files
 
 SHORT_SERIES = {"source": "synthetic", "synthetic": {"start": "2015-01-01", "end": "2015-06-30"}}

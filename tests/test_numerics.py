@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from conftest import copy_project, project_files, run
-
 from stages.common.numerics import PINNED
 
 STAGE = "train_emotion_cnn"

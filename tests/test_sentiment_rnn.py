@@ -212,10 +212,10 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     resumed, history = train_model(p, 7, data, tmp_path / "ckpt", on_epoch_end=lambda epoch, logs: seen.append(epoch))
     assert seen == [2]  # only the missing epoch ran
     assert len(history) == 3
-    for a, b in zip(history, reference_history):
+    for a, b in zip(history, reference_history, strict=True):
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    for a, b in zip(resumed.model.weights, reference.model.weights):
+    for a, b in zip(resumed.model.weights, reference.model.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
 
 
@@ -248,7 +248,12 @@ def records_with_sources(project: Path, split: str, n: int) -> list[tuple[list[i
     found = []
     for features, target in text_batches(project / DATA, split, 256, metadata=True).as_numpy_iterator():
         for ids, length, label, review_id, rating in zip(
-            features["token_indexes"], features["sequence_length"], target, features["review_id"], features["rating"]
+            features["token_indexes"],
+            features["sequence_length"],
+            target,
+            features["review_id"],
+            features["rating"],
+            strict=True,
         ):
             found.append((ids[:length].tolist(), raw_review(project, split, int(label), int(review_id), int(rating))))
     found.sort(key=lambda item: -len(item[0]))  # truncated reviews (700 words + <eos>) first
@@ -282,7 +287,7 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
     p = TrainSentimentRnnParams(**yaml.safe_load((project / "params.yaml").read_text())["train_sentiment_rnn"])
     model = build_model(read_spec(project / DATA)["vocab_size"], p)
     model.load_weights(project / "models/sentiment_rnn/model.weights.h5")
-    for line, (ids, _) in zip(lines, chosen):
+    for line, (ids, _) in zip(lines, chosen, strict=True):
         logits = model({"token_indexes": np.array([ids]), "sequence_length": np.array([len(ids)])}, training=False)
         assert float(line.split("\t")[0]) == pytest.approx(float(tf.nn.softmax(logits)[0, 1]), abs=6e-5)
 

@@ -289,7 +289,7 @@ def test_series_scaler_ignores_test_values(project: Path) -> None:
     lines = original.splitlines()
     # Double the loads of the last 10 days (all in the test split).
     changed = lines[:-240] + [
-        f"{t},{float(v) * 2 if v else ''},{f}" for t, v, f in (l.split(",") for l in lines[-240:])
+        f"{t},{float(v) * 2 if v else ''},{f}" for t, v, f in (line.split(",") for line in lines[-240:])
     ]
     load_csv.write_text("\n".join(changed) + "\n")
     try:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, project_files, run
-from tfrecord_reader import read_independently
 
+from conftest import copy_project, project_files, run
 from stages.common.cli import StageError
 from stages.common.text import (
     EOS_ID,
@@ -31,6 +30,7 @@ from stages.common.text import (
     tokenize,
 )
 from stages.tfrecords_imdb import Review, _Int64Steps, find_reviews, split_reviews
+from tfrecord_reader import read_independently
 
 OUT = Path("data/tfrecords/imdb")
 

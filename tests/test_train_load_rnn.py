@@ -203,8 +203,8 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     seen: list[int] = []
     resumed, history = train_model(p, 7, data, tmp_path, on_epoch_end=lambda epoch, logs: seen.append(epoch))
     assert seen == [2]  # only the missing epoch ran
-    for a, b in zip(history, reference_history):
+    for a, b in zip(history, reference_history, strict=True):
         # The resumed epochs' logs come from the checkpoint's history.json, rounded to 6 decimals.
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-6)
-    for a, b in zip(resumed.model.weights, reference.model.weights):
+    for a, b in zip(resumed.model.weights, reference.model.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)

@@ -51,7 +51,7 @@ def test_eager_and_compiled_steps_agree() -> None:
     eager = new_trainer(run_eagerly=True)
     assert not isinstance(eager.train_step, tf.types.experimental.PolymorphicFunction)
     eager.fit(array_batches(x, y, 16, seed=1), epochs=3)
-    for a, b in zip(weights(compiled), weights(eager)):
+    for a, b in zip(weights(compiled), weights(eager), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
     best = int(np.argmin(losses))
     assert best < len(history) - 1, "the run should have gone on past its best epoch"
     assert len(history) - 1 - best == 3  # stopped after `patience` epochs without improvement
-    for restored, saved in zip(weights(trainer), snapshots[best]):
+    for restored, saved in zip(weights(trainer), snapshots[best], strict=True):
         np.testing.assert_array_equal(restored, saved)
     assert trainer.evaluate([(x, y)])["val_loss"] == pytest.approx(losses[best], rel=1e-6)
 
@@ -104,9 +104,9 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
     assert seen == [4, 5]  # only the epochs that were missing
     assert int(resumed.optimizer.iterations.numpy()) == 6 * steps_per_epoch
     assert [h["epoch"] for h in history] == list(range(1, 7))
-    for a, b in zip(history, reference):
+    for a, b in zip(history, reference, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
-    for a, b in zip(weights(resumed), weights(uninterrupted)):
+    for a, b in zip(weights(resumed), weights(uninterrupted), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -117,9 +117,9 @@ def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
     done.fit(batches, epochs=3, checkpoint_dir=tmp_path, checkpoint_every_s=1e9)
     again = new_trainer(seed=5)
     calls: list[int] = []
-    history = again.fit(batches, epochs=3, checkpoint_dir=tmp_path, on_epoch_end=lambda e, l: calls.append(e))
+    history = again.fit(batches, epochs=3, checkpoint_dir=tmp_path, on_epoch_end=lambda e, logs: calls.append(e))
     assert calls == [] and len(history) == 3
-    for a, b in zip(weights(again), weights(done)):
+    for a, b in zip(weights(again), weights(done), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

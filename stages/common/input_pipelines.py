@@ -119,7 +119,7 @@ def _check_counts(data_dir: Path, split: str, files: Sequence[Path], counts: Seq
     if not isinstance(expected, int):
         return
     # write_split gives shard i the contiguous chunk shard_bounds says: each shard's own count is known.
-    for path, count, (start, stop) in zip(files, counts, shard_bounds(expected, len(files))):
+    for path, count, (start, stop) in zip(files, counts, shard_bounds(expected, len(files)), strict=True):
         if count != stop - start:
             raise StageError(
                 f"{path}: {count} records, but spec.json's {expected} {split} records give it "
@@ -227,8 +227,9 @@ def _examples(
     order = _order(files, shuffle_seed, epoch, shuffle_buffer)
     if not cache:
         dataset = records(files, order, shuffle_buffer).batch(PARSE_BATCH)
-        parse = lambda batch: select(parse_batch(batch))  # noqa: E731
-        return dataset.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+        return dataset.map(
+            lambda batch: select(parse_batch(batch)), num_parallel_calls=AUTOTUNE, deterministic=True
+        ).unbatch()
     key = (parse_batch.__qualname__, tuple(_version(Path(f)) for f in files))
     if key not in _CACHE:
         if len(_CACHE) >= MAX_CACHED_SPLITS:

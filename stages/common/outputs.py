@@ -93,7 +93,7 @@ class Outputs:
         Renames only until every new output is in place, so any failure puts
         every old output back where it was (all or nothing).
         """
-        for tmp, final in self._pending:
+        for _tmp, final in self._pending:
             blocked = _undeletable(final)
             if blocked is not None:
                 self._abort()
@@ -133,7 +133,7 @@ class Outputs:
                     f"{failed}: cannot replace it: {exc.strerror or exc}; previous outputs left as they were"
                 ) from None
             raise
-        for (_, final), aside in zip(self._pending, asides):
+        for (_, final), aside in zip(self._pending, asides, strict=True):
             if aside is not None:
                 try:
                     _remove(aside)

@@ -56,7 +56,7 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     except FileNotFoundError:
         raise StageError(f"{path}: file not found (run from the repository root)") from None
     try:
-        data = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
+        data = yaml.load(text, Loader=_ParamsLoader)  # _ParamsLoader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

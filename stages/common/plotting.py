@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # stages run headless (CI, dvc repro over ssh)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # No "Software"/date chunks: the same figure gives the same bytes on every run.
 _PNG_METADATA = {"Software": None}

@@ -219,7 +219,7 @@ def shard_name(split: str, index: int, num_shards: int, compression: Compression
 def shard_bounds(num_items: int, num_shards: int) -> list[tuple[int, int]]:
     """Contiguous ``[start, stop)`` item ranges per shard, sizes differing by at most one."""
     edges = [num_items * i // num_shards for i in range(num_shards + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(zip(edges[:-1], edges[1:], strict=False))
 
 
 def _check_write_args(split: str, num_shards: int, compression: str, workers: int) -> None:
@@ -334,7 +334,7 @@ def write_split(
 def _write_results(
     tasks: list[tuple[int, int, int]], results: Iterable[bytes], files: list[_ShardFile], progress: Any
 ) -> None:
-    for (shard, start, stop), data in zip(tasks, results):
+    for (shard, start, stop), data in zip(tasks, results, strict=True):
         files[shard].write(data)
         progress.update(stop - start)
 

@@ -110,7 +110,7 @@ class Trainer:
             if self.model.losses:  # weight regularizers, if a model has any
                 loss = loss + tf.add_n(self.model.losses)
         gradients = tape.gradient(loss, self.model.trainable_variables)
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
         self.train_loss.update_state(loss, sample_weight=tf.shape(y)[0])
         for metric in self.train_metrics.values():
             metric.update_state(y, predictions)
@@ -289,7 +289,7 @@ class _FitState:
             self.best_value.assign(value)
             self.best_epoch.assign(int(logs["epoch"]))
             self.wait.assign(0)
-            for best, weight in zip(self.best_weights, self.model.weights):
+            for best, weight in zip(self.best_weights, self.model.weights, strict=True):
                 best.assign(weight)
             return False
         self.wait.assign_add(1)
@@ -297,7 +297,7 @@ class _FitState:
 
     def restore_best_weights(self) -> None:
         if self.early_stopping is not None and int(self.best_epoch.numpy()) > 0:
-            for weight, best in zip(self.model.weights, self.best_weights):
+            for weight, best in zip(self.model.weights, self.best_weights, strict=True):
                 weight.assign(best)
 
     def save(self, manager: tf.train.CheckpointManager, directory: Path) -> None:
