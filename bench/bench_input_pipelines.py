@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -45,7 +46,7 @@ TARGET_RATIO = 0.5
 EPOCHS = {"images": 3, "series": 20}  # the series split is small: more epochs for a stable figure
 
 
-def throughput(make: Callable[[int], object], epochs: range) -> float:
+def throughput(make: Callable[[int], Any], epochs: range) -> float:
     """Examples/s over ``epochs``, each building its dataset with ``make(epoch)`` and reading it all."""
     count = 0
     start = time.perf_counter()
@@ -55,7 +56,7 @@ def throughput(make: Callable[[int], object], epochs: range) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure(name: str, batches: Callable[..., object], data_dir: Path) -> dict:
+def measure(name: str, batches: Callable[..., Any], data_dir: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 

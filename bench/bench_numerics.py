@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -80,6 +81,7 @@ def worker(workload: str, deterministic: bool) -> dict:
     from stages.common.params import load_params
 
     keras.utils.set_random_seed(42)
+    p: Any  # the params of one workload's stage or the other's
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if workload == "rnn":

@@ -33,6 +33,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -155,7 +156,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
             "all_examples_per_s": [round(n / s, 1) for n, s in runs],
         }
 
-    result = {
+    result: dict[str, Any] = {
         "eager": best([eager_timing]),
         "tf_function_same_batches": best(same),
         "tf_function": best(timings["tf_function"]),

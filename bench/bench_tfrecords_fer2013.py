@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -74,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_fer2013_") as tmp:
         project = make_project(Path(tmp) / "project")
         out = project / "data/tfrecords/fer2013"
-        runs = {}
+        runs: dict[str, dict[str, Any]] = {}
         digests = set()
         for workers in (2, 1):
             params_path = project / "params.yaml"

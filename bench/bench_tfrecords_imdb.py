@@ -126,8 +126,8 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf  # imported before timing: neither side pays for it
 
-    with tempfile.TemporaryDirectory(prefix="bench-imdb-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="bench-imdb-") as tmp_name:
+        tmp = Path(tmp_name)
         if args.raw is None:
             print(f"generating {4 * args.per_class} reviews ...", file=sys.stderr)
             generate(tmp / "raw", SEED, args.per_class)

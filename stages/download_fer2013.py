@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Literal
+from typing import IO, Literal, Protocol
 from urllib.parse import urlparse
 
 import numpy as np
@@ -219,8 +219,12 @@ def archive_kind(path: Path) -> str | None:
     return "tar" if head[257:262] == b"ustar" else None
 
 
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
 @contextmanager
-def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str, Callable[[], None]]]:
+def open_csv(path: Path, name: str) -> Iterator[tuple[IO[bytes], str, Callable[[], None]]]:
     """The FER2013 CSV inside ``path`` (plain CSV, tar(.gz) or zip) as a binary stream, its display name,
     and ``finish()``, which reads the rest of the member and of the archive to their end.
 
@@ -229,7 +233,7 @@ def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str, Callable[[]
     just the CSV would accept a flipped bit or a missing tail.
     """
     kind = archive_kind(path)
-    drain: list[BinaryIO] = []  # innermost first: the member, then the streams around it
+    drain: list[_Readable] = []  # innermost first: the member, then the streams around it
     with ExitStack() as stack:
         if kind == "zip" or zipfile.is_zipfile(path):
             stream, member = _csv_in_zip(stack, stack.enter_context(zipfile.ZipFile(path)), name, drain)
@@ -246,7 +250,7 @@ def open_csv(path: Path, name: str) -> Iterator[tuple[BinaryIO, str, Callable[[]
         yield stream, member, finish
 
 
-def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str, drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
+def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str, drain: list[_Readable]) -> tuple[IO[bytes], str]:
     files = [info for info in zf.infolist() if not info.is_dir()]
     by_name = {PurePosixPath(info.filename).name: info for info in files}
     for wanted in CSV_MEMBERS:
@@ -274,15 +278,15 @@ def _csv_in_zip(stack: ExitStack, zf: zipfile.ZipFile, name: str, drain: list[Bi
 
 
 def _member(
-    stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, drain: list[BinaryIO]
-) -> tuple[BinaryIO, str]:
+    stack: ExitStack, zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, drain: list[_Readable]
+) -> tuple[IO[bytes], str]:
     check_member_name(Path(name), info.filename)
     stream = stack.enter_context(zf.open(info))
     drain.append(stream)
     return stream, f"{name}:{info.filename}"
 
 
-def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str, drain: list[BinaryIO]) -> tuple[BinaryIO, str]:
+def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str, drain: list[_Readable]) -> tuple[IO[bytes], str]:
     # Members are read in order up to the CSV, whose data follows its header, so
     # nothing is decompressed twice. (Not the streaming "r|" mode: io.TextIOWrapper
     # needs a member file that answers seekable(), which streaming mode's does not.)
@@ -291,7 +295,9 @@ def _csv_in_tar(stack: ExitStack, tar: tarfile.TarFile, name: str, drain: list[B
             check_member_name(Path(name), member.name)
             if not member.isfile():
                 raise StageError(f"{name}: refusing member {member.name!r}: not a regular file")
-            stream = stack.enter_context(tar.extractfile(member))
+            extracted = tar.extractfile(member)
+            assert extracted is not None  # a regular file (checked above) always has its data
+            stream = stack.enter_context(extracted)
             drain += [stream, tar.fileobj]  # the CSV, then the archive to its end (gzip CRC and length)
             return stream, f"{name}:{member.name}"
     raise StageError(f"{name}: no {' or '.join(CSV_MEMBERS)} inside the tar archive")
@@ -422,6 +428,7 @@ def normalize_images(source: Path, name: str, out_csv: Path, p: Fer2013Params, s
 
     Returns the data report's row statistics, and what the image folders add to it.
     """
+    where: Callable[[Path], str]
     if source.is_dir():
         root, where = fer2013_images.find_root(source), str
         if root is None:
@@ -476,11 +483,13 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
         fer2013_sample.write_sample(scratch / CSV_NAME, rows, seed)
         return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/fer2013_sample.py, seed {seed}"
     if p.source == "path":
+        assert p.path is not None  # Fer2013Params requires it with source: path
         path = Path(p.path)
         if not path.exists():
             raise StageError(f"params.yaml: fer2013.path: {p.path}: file not found")
         return path, p.path, path.name  # the report names a local file, not the user's folders
     if p.source == "url":
+        assert p.url is not None and p.sha256 is not None  # Fer2013Params requires both with source: url
         path = fetch_url(p.url, p.sha256, p.size)
         return path, path.name, p.url
     path = fetch_kaggle(p.kaggle_dataset)

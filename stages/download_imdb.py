@@ -262,7 +262,8 @@ def copy_movie_lists(src: Path, dst: Path, folders: list[tuple[str, str]], where
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise StageError(f"{where(path)}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-        ids = [int(FILE_NAME.fullmatch(f.name)[1]) for f in (dst / split / label).iterdir()]
+        # Only reviews copied above, under names FILE_NAME matched, are in these folders.
+        ids = [int(FILE_NAME.fullmatch(f.name)[1]) for f in (dst / split / label).iterdir()]  # type: ignore[index]
         if max(ids) >= len(lines) or any(not lines[i].strip() for i in ids):
             raise StageError(
                 f"{where(path)}: lists {len(lines)} movies, but review ids go up to {max(ids)} "
@@ -352,6 +353,7 @@ def acquire(
             backoff=p.backoff,
         )
     else:
+        assert p.path is not None  # ImdbParams requires it with source: path
         archive = Path(p.path)
         if not archive.exists():
             raise StageError(f"{archive}: not found (imdb.path)")

@@ -79,7 +79,7 @@ class EmotionModel:
 
 
 def face_detector() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, CASCADE)
+    path = os.path.join(cv2.data.haarcascades, CASCADE)  # type: ignore[attr-defined]  # not in cv2's type stubs
     detector = cv2.CascadeClassifier(path)
     if detector.empty():
         raise StageError(f"{path}: cannot load OpenCV's Haar cascade (opencv-python 4.x ships it; 5.x does not)")
@@ -177,7 +177,11 @@ def quiet_opencv() -> Iterator[None]:
 
 def open_capture(camera: int | None, video: Path | None) -> cv2.VideoCapture:
     with quiet_opencv():
-        capture = cv2.VideoCapture(str(video) if video is not None else camera)
+        if video is not None:
+            capture = cv2.VideoCapture(str(video))
+        else:
+            assert camera is not None  # main passes --camera when there is no --video (or --image)
+            capture = cv2.VideoCapture(camera)
     if video is not None:
         if not capture.isOpened():
             raise StageError(f"{video}: cannot read this video (not a video file, or a codec OpenCV lacks)")
@@ -199,7 +203,8 @@ def atomic_video(path: Path, fps: float, size: tuple[int, int]) -> Iterator[cv2.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)
+    # cv2.VideoWriter_fourcc is missing from opencv-python's type stubs.
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)  # type: ignore[attr-defined]
     try:
         if not writer.isOpened():
             raise StageError(f"--out {path}: OpenCV cannot write {codec} video here")

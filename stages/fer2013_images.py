@@ -243,6 +243,7 @@ def read_faces(root: Path, where, on_bad_row: str, seed: int, valid_fraction: fl
         tree.update(f"{face.relative}\0{hashlib.sha256(data).hexdigest()}\n".encode())
         image, reason, message, was_colour = decode(data)
         if image is None:
+            assert reason is not None and message is not None  # decode gives both with no image
             bad.add(where(face.path), reason, message)
             continue
         pixels[len(kept)] = image

@@ -110,7 +110,7 @@ def main() -> None:
         name: pipelines.dataset_files(path, p.split)
         for name, path in (("fer2013", FER_DIR), ("imdb", IMDB_DIR), ("series", SERIES_DIR))
     }
-    shuffle = {"shuffle_seed": seed, "epoch": 0}
+    shuffle: dict[str, Any] = {"shuffle_seed": seed, "epoch": 0}
     images, labels = first_batch(
         pipelines.image_batches(FER_DIR, p.split, p.image_batch_size, cache=False, **shuffle), inputs["fer2013"]
     )

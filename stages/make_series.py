@@ -43,7 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -147,7 +147,7 @@ def _number(cell: str) -> float:
     return value
 
 
-def _stamp(groups: tuple[str | None, ...]) -> tuple[dt.datetime, str | None]:
+def _stamp(groups: tuple[str | Any, ...]) -> tuple[dt.datetime, str | None]:  # Match.groups(): the marker may be None
     day, month, year, hour, minute, marker = groups
     return dt.datetime(int(year), int(month), int(day), int(hour), int(minute)), marker
 
@@ -177,7 +177,9 @@ def _columns(header: list[str], name: str) -> tuple[str, int | None, int]:
         if len(found) != 1:
             raise StageError(f"{name} line 1: expected one column starting with {prefix!r}, found {len(found)}")
         positions.append(found[0])
-    return header[0], positions[0], positions[1]
+    forecast, actual = positions
+    assert actual is not None  # only the forecast column may be absent
+    return header[0], forecast, actual
 
 
 def _parse_row(
@@ -393,6 +395,7 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
 def main() -> None:
     seed, p = load_params("series", SeriesParams)
     if p.source == "path":
+        assert p.path is not None  # SeriesParams requires it with source: path
         source = Path(p.path)
         try:
             data = source.read_bytes()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -64,7 +65,7 @@ def classification_metrics(trainer, x, y, num_classes: int, batch_size: int) -> 
     metrics["test_per_class"] = {
         str(c): {k: report[k][c] for k in ("precision", "recall", "f1")} for c in range(num_classes)
     }
-    plots = {"predicted": np.concatenate(predicted)}
+    plots: dict[str, Any] = {"predicted": np.concatenate(predicted)}
     if num_classes == 2:
         metrics["test_roc_auc"] = float(auc.result())
         plots["roc"] = roc_points(auc)

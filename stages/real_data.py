@@ -147,7 +147,7 @@ def machine() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("tensorflow", "dvc"):
         try:
             versions[package] = metadata.version(package)

@@ -136,7 +136,8 @@ def split_reviews(
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    keep, valid = [], []
+    keep: list[Review] = []
+    valid: list[Review] = []
     if movies is not None:
         movie = {r: movies[(r.target, r.review_id)] for r in train}
         titles = sorted(set(movie.values()))
@@ -312,13 +313,15 @@ def tokenize_and_encode(
 
     starts = range(0, len(reviews), CHUNK_REVIEWS)
     with process_map(p.workers) as pool_map:
-        tasks = [
+        tokenize_tasks = [
             ([(r.path, r.path in vocab_from) for r in reviews[i : i + CHUNK_REVIEWS]], p.max_words) for i in starts
         ]
-        chunks = _progress(pool_map(tokenize_chunk, tasks), len(reviews), "tokenizing", lambda c: len(c.lengths))
+        chunks = _progress(
+            pool_map(tokenize_chunk, tokenize_tasks), len(reviews), "tokenizing", lambda c: len(c.lengths)
+        )
         vocab = build_vocabulary(vocabulary_counts(chunks), p.min_word_frequency)
         get = vocab.ids.get
-        tasks = [
+        encode_tasks = [
             (
                 np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
                 [
@@ -330,7 +333,7 @@ def tokenize_and_encode(
         ]
         lengths = [n for chunk in chunks for n in chunk.lengths]
         del chunks
-        encoded = _progress(pool_map(encode_chunk, tasks), len(reviews), "encoding", lambda e: len(e[0]))
+        encoded = _progress(pool_map(encode_chunk, encode_tasks), len(reviews), "encoding", lambda e: len(e[0]))
     records = [record for chunk_records, _ in encoded for record in chunk_records]
     unknown = [n for _, chunk_unknown in encoded for n in chunk_unknown]
     return vocab, records, lengths, unknown

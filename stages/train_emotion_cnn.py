@@ -150,15 +150,15 @@ def class_weights(counts: Sequence[int], mode: str) -> np.ndarray | None:
     """``balanced``: ``n / (k * count)`` per class (0 for a class absent from training); ``none``: None."""
     if mode == "none":
         return None
-    counts = np.asarray(counts, dtype=np.float64)
-    n, k = counts.sum(), len(counts)
-    return np.divide(n, k * counts, out=np.zeros(k), where=counts > 0)
+    array = np.asarray(counts, dtype=np.float64)
+    n, k = array.sum(), len(array)
+    return np.divide(n, k * array, out=np.zeros(k), where=array > 0)
 
 
 class WeightedCrossEntropy:
     """Softmax cross-entropy on logits, each example weighted by its class's weight (batch mean)."""
 
-    def __init__(self, weights: Sequence[float] | None) -> None:
+    def __init__(self, weights: Sequence[float] | np.ndarray | None) -> None:
         import keras
         import tensorflow as tf
 

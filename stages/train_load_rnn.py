@@ -96,7 +96,9 @@ def inverse_transform(scaled: np.ndarray, scaler: Mapping[str, Sequence[float]])
     return np.asarray(scaled, np.float64) * np.asarray(scaler["scale"]) + np.asarray(scaler["mean"])
 
 
-def day_profiles(target_days: Sequence[str], inputs_mw: np.ndarray, target_mw: np.ndarray) -> dict[dt.date, np.ndarray]:
+def day_profiles(
+    target_days: Sequence[str] | np.ndarray, inputs_mw: np.ndarray, target_mw: np.ndarray
+) -> dict[dt.date, np.ndarray]:
     """Every day a set of windows shows, date -> its 24 MW values.
 
     ``inputs_mw`` (n, look_back, 24) holds the ``look_back`` days before each
@@ -118,7 +120,7 @@ def naive_yesterday(inputs_mw: np.ndarray) -> np.ndarray:
     return np.asarray(inputs_mw, np.float64)[:, -1, :]
 
 
-def naive_last_week(target_days: Sequence[str], profiles: Mapping[dt.date, np.ndarray]) -> np.ndarray:
+def naive_last_week(target_days: Sequence[str] | np.ndarray, profiles: Mapping[dt.date, np.ndarray]) -> np.ndarray:
     """Tomorrow = the same weekday a week earlier: (n, 24), NaN rows where that day is unknown."""
     rows = []
     for day in target_days:

@@ -151,7 +151,9 @@ def _filter_startup_noise() -> None:
             close_fds=True,
         )
     except OSError:
-        os.close(read_end), os.close(write_end), os.close(real)
+        os.close(read_end)
+        os.close(write_end)
+        os.close(real)
         return
     os.close(read_end)
     sys.stderr.flush()

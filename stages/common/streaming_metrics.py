@@ -6,6 +6,8 @@ any number of classes, from which macro precision, recall and F1 follow.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -48,7 +50,7 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0)
 
 
-def classification_report(confusion: np.ndarray) -> dict[str, object]:
+def classification_report(confusion: np.ndarray) -> dict[str, Any]:
     """Accuracy, per-class and macro precision/recall/F1 from a confusion matrix."""
     confusion = np.asarray(confusion, dtype=np.float64)
     true_positives = np.diag(confusion)

@@ -102,7 +102,10 @@ def _field(tag: bytes, payload: bytes) -> bytes:
     return tag + _varint(len(payload)) + payload
 
 
-def _as_bytes(value: bytes | str) -> bytes:
+_BytesLike = bytes | bytearray | memoryview | str  # str is UTF-8 encoded
+
+
+def _as_bytes(value: _BytesLike) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
@@ -126,7 +129,7 @@ def float_feature(values: float | Iterable[float] | np.ndarray) -> bytes:
     return _field(_TAG_2, packed)
 
 
-def bytes_feature(values: bytes | str | Iterable[bytes | str]) -> bytes:
+def bytes_feature(values: _BytesLike | Iterable[_BytesLike]) -> bytes:
     """A serialized ``tf.train.Feature`` holding a ``bytes_list`` (str is UTF-8 encoded)."""
     if isinstance(values, (bytes, bytearray, memoryview, str)):
         values = [values]

@@ -217,11 +217,13 @@ class Trainer:
                 if manager is not None and (
                     bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s
                 ):
+                    assert checkpoint_dir is not None  # there is a manager only with a checkpoint_dir
                     state.save(manager, checkpoint_dir)
                     last_save = time.monotonic()
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, logs)
                 if stop:
+                    assert early_stopping is not None  # only early stopping stops before `epochs`
                     log.info(
                         "early stopping at epoch %d: best %s %.4g at epoch %d",
                         epoch + 1,
