@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def stage_env() -> dict[str, str]:
 
 
 def run(
-    args: list[str], cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str | None] | None = None
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 600, env: Mapping[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
     """Run a command in ``cwd`` (``env`` set in, or with None removed from, the environment); on an
     unexpected failure show its output."""

@@ -36,6 +36,7 @@ class FileServer:
 
     def url(self, name: str) -> str:
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's address
         return f"http://{host}:{port}/{name}"
 
     def __enter__(self) -> FileServer:

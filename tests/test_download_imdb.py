@@ -355,7 +355,7 @@ def test_sample_layout_report_and_determinism(workdir: Path) -> None:
         for label, ratings in (("neg", range(1, 5)), ("pos", range(7, 11))):
             names = [p.name for p in (workdir / RAW / split / label).iterdir()]
             assert len(names) == 20
-            assert all(int(re.fullmatch(r"(\d+)_(\d+)\.txt", n).group(2)) in ratings for n in names)
+            assert all((m := re.fullmatch(r"(\d+)_(\d+)\.txt", n)) and int(m.group(2)) in ratings for n in names)
     rep = report(workdir)
     assert rep["source"] == "sample" and rep["source_sha256"] is None and rep["reviews"]["total"] == 80
     assert not any(rep["problems"].values())
@@ -425,7 +425,8 @@ def test_movie_lists_are_kept_checked_and_counted(workdir: Path, tmp_path: Path)
     assert (raw / "train/urls_pos.txt").read_text() == (tree / "train/urls_pos.txt").read_text()
     movies = report(workdir)["movies"]
     assert set(movies) == {"train", "test"} and all(n > 0 for n in movies.values())
-    assert movie_of(raw, "train")[(1, 0)] == "http://www.imdb.com/title/tt0000000/usercomments"
+    movie = movie_of(raw, "train")
+    assert movie is not None and movie[(1, 0)] == "http://www.imdb.com/title/tt0000000/usercomments"
 
     before = snapshot(workdir)
     lines = (tree / "train/urls_neg.txt").read_text().splitlines()

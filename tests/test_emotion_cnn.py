@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from stages.train_emotion_cnn import (
     to_pixels,
 )
 
-TINY = dict(block_filters=[[4, 4], [4, 8], [8, 8], [8, 16]], head_filters=[16, 16, 16])
+TINY: dict[str, Any] = dict(block_filters=[[4, 4], [4, 8], [8, 8], [8, 16]], head_filters=[16, 16, 16])
 
 
 def conv(k: int, c_in: int, c_out: int) -> int:
@@ -119,10 +120,12 @@ def test_bad_params_stop_with_one_line(workdir: Path, bad: dict, message: str) -
 
 
 def test_balanced_class_weights_and_the_weighted_loss() -> None:
-    np.testing.assert_allclose(class_weights([10, 1, 5], "balanced"), [16 / 30, 16 / 3, 16 / 15])
-    np.testing.assert_allclose(class_weights([4, 0, 4], "balanced"), [8 / 12, 0.0, 8 / 12])  # absent class: 0
-    assert class_weights([10, 1, 5], "none") is None
     weights = class_weights([10, 1, 5], "balanced")
+    absent = class_weights([4, 0, 4], "balanced")
+    assert weights is not None and absent is not None
+    np.testing.assert_allclose(weights, [16 / 30, 16 / 3, 16 / 15])
+    np.testing.assert_allclose(absent, [8 / 12, 0.0, 8 / 12])  # absent class: 0
+    assert class_weights([10, 1, 5], "none") is None
     # Balanced weights give every class the same total weight in the training split.
     np.testing.assert_allclose(weights * [10, 1, 5], [16 / 3] * 3)
 

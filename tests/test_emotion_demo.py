@@ -36,7 +36,7 @@ def face_frames(n: int) -> list[np.ndarray]:
 
 
 def write_video(path: Path, frames: list[np.ndarray]) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)  # type: ignore[attr-defined]
     assert writer.isOpened()
     for frame in frames:
         writer.write(frame)

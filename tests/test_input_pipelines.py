@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def labels_of(dataset: tf.data.Dataset) -> list[int]:
+def labels_of(dataset: Any) -> list[int]:  # a tf.data.Dataset
     return [int(v) for _, y in dataset.as_numpy_iterator() for v in y]
 
 
@@ -102,7 +103,7 @@ def test_shuffle_depends_only_on_seed_and_epoch(data_root: Path) -> None:
 @pytest.mark.parametrize("buffer", [None, 20])
 def test_cached_and_streamed_batches_are_the_same(data_root: Path, buffer: int | None) -> None:
     fer = data_root / "data/tfrecords/fer2013"
-    kwargs = {"shuffle_seed": 3, "epoch": 2, "shuffle_buffer": buffer}
+    kwargs: dict[str, Any] = {"shuffle_seed": 3, "epoch": 2, "shuffle_buffer": buffer}
     cached = list(P.image_batches(fer, "train", 25, cache=True, **kwargs).as_numpy_iterator())
     streamed = list(P.image_batches(fer, "train", 25, cache=False, **kwargs).as_numpy_iterator())
     for (xa, ya), (xb, yb) in zip(cached, streamed, strict=True):
@@ -141,7 +142,7 @@ def test_series_batches(data_root: Path) -> None:
     assert features["inputs_mw"].shape == (8, 3, 24) and features["target_mw"].shape == (8, 24)
     assert features["target_day"][0] == b"2016-01-04" and features["weekday"][0] == dt.date(2016, 1, 4).weekday()
     np.testing.assert_allclose(features["forecast_mw"], features["target_mw"] + 50, rtol=1e-6)
-    kwargs = {"shuffle_seed": 2, "epoch": 5, "metadata": True}
+    kwargs: dict[str, Any] = {"shuffle_seed": 2, "epoch": 5, "metadata": True}
     cached = list(P.series_batches(series, "train", 8, cache=True, **kwargs).as_numpy_iterator())
     streamed = list(P.series_batches(series, "train", 8, cache=False, **kwargs).as_numpy_iterator())
     for (fa, ya), (fb, yb) in zip(cached, streamed, strict=True):

@@ -334,7 +334,7 @@ def test_a_second_run_of_a_stage_fails_at_once_while_the_first_holds_the_lock(wo
         )
         for _ in range(2)
     ]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]  # type: ignore[union-attr]  # stderr=PIPE
     assert any(code == 0 for code, _ in results), results
     for code, stderr in results:
         assert code == 0 or "another run of make_series holds the lock" in stderr, stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def padded(ids: list[list[int]], length: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_padding_does_not_change_the_logits(cell: str) -> None:
+def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> None:
     check_padding_invariance(TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
 
     # The test has teeth: reading the recurrent output at the last *padded* step differs.
@@ -82,7 +83,7 @@ def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_heatmap_states_come_from_the_trained_layer(cell: str) -> None:
+def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"]) -> None:
     """Stepping the layer's own cell gives exactly the outputs the model reads."""
     import keras
 

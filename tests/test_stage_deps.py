@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -10,7 +11,7 @@ import yaml
 from stage_imports import ROOT, stage_code_files
 
 
-def dvc_stages() -> dict[str, object]:
+def dvc_stages() -> dict[str, Any]:
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:

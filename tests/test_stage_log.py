@@ -189,6 +189,7 @@ def test_ctrl_c_still_prints_the_interrupted_line(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         start_new_session=True,
     )
+    assert process.stderr is not None
     assert process.stderr.readline() == b"started\n"
     os.killpg(process.pid, 2)  # SIGINT to the stage and its filter
     rest = process.stderr.read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_protos_are_byte_identical_to_tensorflow_deterministic_serialization() -
 
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_write_split_shards_read_back_by_tensorflow_and_the_independent_reader(
-    tmp_path: Path, compression: str
+    tmp_path: Path, compression: Literal["none", "gzip"]
 ) -> None:
     import tensorflow as tf
 

@@ -7,6 +7,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -177,7 +178,7 @@ def test_bad_tree_names_the_path(tmp_path: Path) -> None:
 # --- the stage on a tiny tree -------------------------------------------------------------
 
 PER_CLASS = {"train": 10, "test": 4}
-PARAMS = {
+PARAMS: dict[str, Any] = {
     "min_word_frequency": 5,
     "max_words": 12,
     "valid_fraction": 0.2,

@@ -106,8 +106,8 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
     assert [h["epoch"] for h in history] == list(range(1, 7))
     for a, b in zip(history, reference, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
-    for a, b in zip(weights(resumed), weights(uninterrupted), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for wa, wb in zip(weights(resumed), weights(uninterrupted), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-6, atol=1e-7)
 
 
 def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ def _values(feature: Any, png: bool) -> Any:
         import numpy as np
 
         image = cv2.imdecode(np.frombuffer(values[0], np.uint8), cv2.IMREAD_UNCHANGED)
+        assert image is not None, "not a PNG OpenCV can read"
         return image.ravel().tolist()
     if kind == "bytes_list":
         return [v.decode("latin-1") for v in values]
