@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test bench real clean-outputs
+.PHONY: setup repro test lint format bench real clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,19 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
-test: setup
+# Lint and types first (seconds), then the suite.
+test: lint
 	pytest
+
+# ruff (lint, import order, formatting) and mypy, as configured in pyproject.toml.
+lint: setup
+	ruff check .
+	ruff format --check .
+	mypy
+
+# Reformat the code and apply ruff's safe fixes; `make lint` then says what is left.
+format: setup
+	ruff format . && ruff check --fix .
 
 # Speed benchmarks (minutes; results in bench/results/*.json, figures in the README).
 bench: setup
