@@ -79,7 +79,8 @@ def stage_seconds(lines: list[tuple[float, str]], end: float) -> dict[str, float
     """Wall time of each stage from DVC's "Running stage 'x':" lines and their arrival times."""
     starts = [(t, m[1]) for t, line in lines if (m := re.match(r"Running stage '([^']+)'", line))]
     bounds = [t for t, _ in starts[1:]] + [end]
-    return {name: round(stop - start, 1) for (start, name), stop in zip(starts, bounds, strict=True)}
+    # Not strict: with no stage run (all up to date) there are no starts, but one bound.
+    return {name: round(stop - start, 1) for (start, name), stop in zip(starts, bounds, strict=False)}
 
 
 def run_experiment(command: list[str]) -> tuple[int, dict[str, float], float]:
