@@ -211,39 +211,18 @@ def vocabulary_counts(chunks: list[ChunkTokens]) -> Counter[str]:
     return total
 
 
-class _Int64Steps:
-    """Serialized FeatureList steps (one int64 Feature each) per id 0..n-1, built once per
-    process: a record is mostly steps of a few thousand distinct ids, so copying their
-    bytes beats encoding each (same bytes as ``feature_list([int64_feature(id)])``)."""
-
-    def __init__(self) -> None:
-        self.steps: list[bytes] = []
-
-    def cover(self, size: int) -> None:
-        """Make ids ``< size`` available, in one vectorized call."""
-        import numpy as np
-
-        from stages.common.tfrecords import int64_feature_list
-
-        if size <= len(self.steps):
-            return
-        blob = int64_feature_list(np.arange(len(self.steps), size))
-        pos = 0
-        while pos < len(blob):  # each step: 0x0a, its length (< 128: one byte), the Feature
-            end = pos + 2 + blob[pos + 1]
-            self.steps.append(blob[pos:end])
-            pos = end
-
-
-_STEPS = _Int64Steps()
+# Serialized FeatureList steps of ids 0..n-1, grown on demand, per process: a record is
+# mostly steps of a few thousand distinct ids, so copying their bytes beats encoding each.
+_STEPS: list[bytes] = []
 
 
 def encode_record(ids: list[int], target: int, rating: int, review_id: int) -> bytes:
     """One review's serialized ``tf.train.SequenceExample`` (``ids`` end with ``<eos>``)."""
-    from stages.common.tfrecords import int64_feature, sequence_example
+    from stages.common.tfrecords import int64_feature, int64_steps, sequence_example
 
-    _STEPS.cover(max(ids) + 1)
-    steps = _STEPS.steps
+    if max(ids) >= len(_STEPS):
+        _STEPS.extend(int64_steps(len(_STEPS), max(ids) + 1))
+    steps = _STEPS
     return sequence_example(
         {
             "sequence_length": int64_feature(len(ids)),

@@ -30,7 +30,7 @@ from stages.common.text import (
     token_ids,
     tokenize,
 )
-from stages.tfrecords_imdb import Review, _Int64Steps, find_reviews, split_reviews
+from stages.tfrecords_imdb import Review, find_reviews, split_reviews
 from tfrecord_reader import read_independently
 
 OUT = Path("data/tfrecords/imdb")
@@ -152,12 +152,15 @@ def test_split_by_movie_keeps_every_movie_on_one_side() -> None:
 def test_int64_steps_table_and_scalar_features_match_the_shared_codec() -> None:
     import numpy as np
 
-    from stages.common.tfrecords import feature_list, int64_feature
+    from stages.common.tfrecords import feature_list, int64_feature, int64_steps
 
-    table = _Int64Steps()
-    table.cover(20_000)
+    table = int64_steps(0, 20_000)
+    assert len(table) == 20_000
     for value in (0, 1, 127, 128, 300, 16_383, 16_384, 19_999):
-        assert table.steps[value] == feature_list([int64_feature(value)])
+        assert table[value] == feature_list([int64_feature(value)])
+    # A table grown in pieces, as the stage grows it, holds the same steps.
+    assert int64_steps(0, 127) + int64_steps(127, 20_000) == table
+    assert int64_steps(5, 5) == []
     # The scalar fast path gives the vectorized path's bytes, negatives and large values included.
     for value in (0, 1, 127, 128, 300, 16_383, 16_384, 19_999, 2**40, 2**63 - 1, -1, -(2**63)):
         assert int64_feature(value) == int64_feature(np.array([value], dtype=np.int64))
