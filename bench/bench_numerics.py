@@ -96,7 +96,7 @@ def worker(workload: str, deterministic: bool) -> dict:
                 data, "train", p.batch_size, shuffle_seed=42, epoch=epoch, bucket_boundaries=p.bucket_boundaries
             )
 
-        examples, real = read_spec(data)["splits"]["train"]["records"], REAL_REVIEWS  # IMDB spec says records
+        examples, real = read_spec(data)["splits"]["train"]["examples"], REAL_REVIEWS
     else:
         from stages.common.training import Trainer
         from stages.train_emotion_cnn import (

@@ -525,7 +525,9 @@ def main() -> None:
                     check_sha256(p, digest)
             else:
                 stats = normalize(source, name, csv_path, p.on_bad_row, total)
-            write_json(out.file(REPORT), {"source": p.source, "origin": origin, "sha256": digest, **stats})
+            write_json(
+                out.file(REPORT), {"source": p.source, "source_location": origin, "source_sha256": digest, **stats}
+            )
     keep_folder(DOWNLOAD_DIR, "Downloaded FER2013 files (source: url or kaggle) are kept here, checked by sha256.\n")
     log.info(
         "%s: %d rows (%s); %d bad rows skipped",

@@ -368,7 +368,7 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
     both = load.notna() & forecast.notna()
     return {
         "source": source,
-        "source_file": source_file,
+        "source_location": source_file,
         "source_sha256": hashlib.sha256(data).hexdigest(),
         "time_column": parsed.time_column,
         "rows_read": parsed.rows,

@@ -190,26 +190,26 @@ def data_section() -> list[str]:
             lines.append(f"| {name} | (no `{file}`) | | | | | |")
             continue
         if "reviews" in r:  # aclImdb
-            source = r.get("source_location")
             rows = r["reviews"]["total"]
             classes = ", ".join(
                 f"{split} {c['neg']} neg / {c['pos']} pos" for split, c in r["reviews"].items() if isinstance(c, dict)
             )
             bad = sum(v for k, v in r["problems"].items() if k != "invalid_utf8_bytes")
-            gaps, digest = "", r.get("source_sha256") or r.get("tree_sha256")
+            gaps = ""
         elif "rows_per_class" in r:  # FER2013
-            source, rows = r.get("origin"), r["rows"]
+            rows = r["rows"]
             classes = ", ".join(f"{k} {v}" for k, v in r["rows_per_class"].items())
             bad = sum(r["bad_rows"]["found"].values())
-            gaps, digest = "", r["sha256"]
+            gaps = ""
         else:  # load series
-            source, rows, classes = r.get("source_file"), r["hours"], "(regression)"
+            rows, classes = r["hours"], "(regression)"
             bad = r["bad_rows"]
             gaps = (
                 f"{r['missing_hours']} missing hours in {r['gaps']} gaps (longest {r['longest_gap_hours']} h), "
                 f"{r['dst_gaps']} DST gaps, {r['duplicates']} duplicates, {r['missing_load_values']} blank values"
             )
-            digest = r["source_sha256"]
+        # Every data report starts with source, source_location and source_sha256 (the one schema).
+        source, digest = r.get("source_location"), r.get("source_sha256") or r.get("tree_sha256")
         lines.append(
             f"| {name} | {r['source']}{f': {fmt(source)}' if source else ''} | {rows} | {classes} | {bad} | {gaps} | "
             f"`{(digest or '—')[:16]}` |"

@@ -33,6 +33,7 @@ from stages.common.tfrecords import (
     encoder_pool,
     example,
     int64_feature,
+    split_entry,
     write_spec,
     write_split,
 )
@@ -116,12 +117,8 @@ def build_spec(items: dict[str, list], shards: dict[str, list[Path]], p: Tfrecor
     for usage, split in SPLITS.items():
         labels = np.array([item[1] for item in items[split]], dtype=np.int64)
         counts = np.bincount(labels, minlength=len(EMOTIONS))
-        splits[split] = {
-            "usage": usage,
-            "examples": len(items[split]),
-            "class_counts": dict(zip(EMOTIONS, counts.tolist(), strict=True)),
-            "files": [path.name for path in shards[split]],
-        }
+        class_counts = dict(zip(EMOTIONS, counts.tolist(), strict=True))
+        splits[split] = {"usage": usage, **split_entry(len(items[split]), shards[split], class_counts)}
     return {
         "dataset": "fer2013",
         "record": "tf.train.Example",

@@ -339,32 +339,34 @@ def build_spec(
     unknown: dict[str, list[int]],
     vocab_size: int,
     shards: dict[str, list[Path]],
+    by_movie: bool,
 ) -> dict:
     """spec.json: what a reader of the records needs to know, and what the data looks like."""
     import numpy as np
 
     from stages.common.text import RESERVED
+    from stages.common.tfrecords import split_entry
 
     per_split = {}
     for name, reviews in splits.items():
         n_tokens = np.asarray(lengths[name])
         kept = np.minimum(n_tokens, p.max_words)
-        per_split[name] = {
-            "records": len(reviews),
-            "classes": {label: sum(r.target == t for r in reviews) for t, label in enumerate(LABELS)},
-            "shards": [path.name for path in shards[name]],
-            "tokens": length_stats(n_tokens),  # before truncation
-            "sequence_length": length_stats(kept + 1),
-            "truncated": int(np.count_nonzero(n_tokens > p.max_words)),
-            "unknown_share": sum(unknown[name]) / max(int(kept.sum()), 1),  # of kept tokens
-        }
+        per_split[name] = split_entry(
+            len(reviews),
+            shards[name],
+            {label: sum(r.target == t for r in reviews) for t, label in enumerate(LABELS)},
+            tokens=length_stats(n_tokens),  # before truncation
+            sequence_length=length_stats(kept + 1),
+            truncated=int(np.count_nonzero(n_tokens > p.max_words)),
+            unknown_share=sum(unknown[name]) / max(int(kept.sum()), 1),  # of kept tokens
+        )
     return {
         "dataset": "imdb",
         "record": "tf.train.SequenceExample",
         "context_features": {"sequence_length": "int64", "target": "int64", "rating": "int64", "review_id": "int64"},
         "sequence_features": {"token_indexes": "int64"},
-        "label": "target",
-        "labels": list(LABELS),
+        "label_feature": "target",
+        "class_names": list(LABELS),
         "compression": p.compression,
         "num_shards": p.num_shards,
         "order": "each split shuffled once with the seed; shards are contiguous runs of it",
@@ -376,6 +378,7 @@ def build_spec(
         "max_words": p.max_words,
         "min_word_frequency": p.min_word_frequency,
         "valid_fraction": p.valid_fraction,
+        "valid_split": "by_movie" if by_movie else "random_per_class",
         "seed": seed,
     }
 
@@ -416,8 +419,7 @@ def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict
         )
         start = stop
         log.info("%s: %d reviews in %d shards", name, len(splits[name]), p.num_shards)
-    spec = build_spec(p, seed, splits, lengths, unknown, len(vocab), shards)
-    spec["valid_split"] = "by_movie" if movies else "random_per_class"
+    spec = build_spec(p, seed, splits, lengths, unknown, len(vocab), shards, by_movie=movies is not None)
     write_spec(out_dir / SPEC_FILE, spec)
     return spec
 

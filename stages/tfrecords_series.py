@@ -57,6 +57,7 @@ from stages.common.tfrecords import (
     example,
     float_feature,
     int64_feature,
+    split_entry,
     write_spec,
     write_split,
 )
@@ -322,17 +323,17 @@ def build_spec(
         "label_feature": "target",
         "scaler": SCALER_FILE,
         "splits": {
-            s.name: {
-                "examples": len(items[s.name]),
-                "days": len(s.dates),
-                "first_day": s.dates[0].isoformat(),
-                "last_day": s.dates[-1].isoformat(),
-                "first_target_day": items[s.name][0]["target_day"],
-                "filled_hours": s.filled_hours,
-                "forecast_complete_target_days": sum(bool(np.isfinite(i["forecast_mw"]).all()) for i in items[s.name]),
-                "longest_gap_hours": s.longest_gap_hours,
-                "files": [path.name for path in shards[s.name]],
-            }
+            s.name: split_entry(
+                len(items[s.name]),
+                shards[s.name],
+                days=len(s.dates),
+                first_day=s.dates[0].isoformat(),
+                last_day=s.dates[-1].isoformat(),
+                first_target_day=items[s.name][0]["target_day"],
+                filled_hours=s.filled_hours,
+                forecast_complete_target_days=sum(bool(np.isfinite(i["forecast_mw"]).all()) for i in items[s.name]),
+                longest_gap_hours=s.longest_gap_hours,
+            )
             for s in splits
         },
     }

@@ -135,7 +135,7 @@ def test_each_form_gives_the_same_normalized_csv_and_report(workdir: Path, tmp_p
     run(MODULE, workdir)
     assert (workdir / OUT_CSV).read_text() == fer_csv(rows)  # canonical form, original order
     report = json.loads((workdir / REPORT).read_text())
-    assert report["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert report["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
     assert report["rows"] == 21
     assert report["rows_per_split"] == {"Training": 13, "PublicTest": 4, "PrivateTest": 4}
     assert report["rows_per_class"] == dict.fromkeys(EMOTIONS, 3)
@@ -152,7 +152,7 @@ def test_the_url_source_downloads_a_mirror(workdir: Path, tmp_path: Path, http_s
     run(MODULE, workdir)
     assert (workdir / OUT_CSV).read_text() == fer_csv(make_rows())
     report = json.loads((workdir / REPORT).read_text())
-    assert (report["source"], report["sha256"]) == ("url", sha)
+    assert (report["source"], report["source_sha256"]) == ("url", sha)
 
 
 # --- bad rows ------------------------------------------------------------------
@@ -311,5 +311,5 @@ def test_stage_on_the_sample_writes_the_generated_file(workdir: Path) -> None:
     assert (workdir / OUT_CSV).read_bytes() == expected
     report = json.loads((workdir / REPORT).read_text())
     assert report["source"] == "sample" and report["rows"] == 56
-    assert report["sha256"] == hashlib.sha256(expected).hexdigest()
+    assert report["source_sha256"] == hashlib.sha256(expected).hexdigest()
     assert not list((workdir / "data/raw").glob(".*"))  # no scratch files left behind

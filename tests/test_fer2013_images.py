@@ -158,7 +158,7 @@ def test_named_layout_png_round_trips_exactly_in_split_and_number_order(
     folder_digest = fer2013_images.read_faces(tmp_path / "fer", str, "fail", 0, 0.125).images_sha256
     assert r["images_sha256"] == folder_digest  # the same images, however packed
     expected_sha = folder_digest if form == "folder" else hashlib.sha256(source.read_bytes()).hexdigest()
-    assert r["sha256"] == expected_sha
+    assert r["source_sha256"] == expected_sha
     assert leftovers(workdir) == []
 
 
@@ -383,4 +383,4 @@ def test_a_mirror_of_a_zip_of_images_is_read_through_source_url(workdir: Path, t
     set_params(workdir, source="url", url=http_server.url("mirror/fer2013-images.zip"), sha256=sha)
     run(MODULE, workdir)
     assert (workdir / OUT_CSV).read_text() == csv_text(rows)
-    assert (report(workdir)["form"], report(workdir)["sha256"]) == ("image_folders", sha)
+    assert (report(workdir)["form"], report(workdir)["source_sha256"]) == ("image_folders", sha)

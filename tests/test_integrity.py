@@ -286,9 +286,9 @@ def test_tilde_is_expanded_in_every_path_param(workdir: Path, tmp_path: Path) ->
     for name in ("make_series", "download_imdb", "download_fer2013"):
         ok(stage(workdir, name, env=env))
     # The committed data reports name a local source by its file name, not by the user's folders.
-    assert json.loads((workdir / "metrics/data_series.json").read_text())["source_file"] == "load.csv"
+    assert json.loads((workdir / "metrics/data_series.json").read_text())["source_location"] == "load.csv"
     assert json.loads((workdir / "metrics/data_imdb.json").read_text())["source_location"] == "aclImdb"
-    assert json.loads((workdir / "metrics/data_fer2013.json").read_text())["origin"] == "fer2013.csv"
+    assert json.loads((workdir / "metrics/data_fer2013.json").read_text())["source_location"] == "fer2013.csv"
 
 
 # --- 8. long gaps in the series -------------------------------------------------------------------

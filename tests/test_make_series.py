@@ -219,7 +219,7 @@ def test_stage_defaults_round_trip_and_determinism(workdir: Path) -> None:
     report = json.loads((workdir / "metrics/data_series.json").read_text())
     assert report["hours"] == 1461 * 24 and report["days"] == 1461 and report["dst_gaps"] == 4
     assert report["missing_load_values"] == series["load_mw"].isna().sum() > 0
-    assert report["source_file"] == "data/raw/series/entsoe_total_load.csv"
+    assert report["source_location"] == "data/raw/series/entsoe_total_load.csv"
     run(MODULE, workdir)
     assert first == {p.name: p.read_bytes() for p in (out / "load.csv", workdir / "metrics/data_series.json")}
 
@@ -271,7 +271,7 @@ def test_stage_url_source_downloads_caches_and_parses_like_path(workdir: Path, h
     assert kept.read_bytes() == data
     from_url = (workdir / "data/raw/series/load.csv").read_bytes()
     report = json.loads((workdir / "metrics/data_series.json").read_text())
-    assert (report["source"], report["source_file"], report["source_sha256"]) == ("url", url, sha)
+    assert (report["source"], report["source_location"], report["source_sha256"]) == ("url", url, sha)
 
     run(MODULE, workdir)  # the kept file matches: no second request
     assert [r for r in http_server.requests if r[0] == "datasets/spain_hourly_entsoe.csv"] == [
@@ -282,8 +282,8 @@ def test_stage_url_source_downloads_caches_and_parses_like_path(workdir: Path, h
     run(MODULE, workdir)
     assert (workdir / "data/raw/series/load.csv").read_bytes() == from_url
     from_path = json.loads((workdir / "metrics/data_series.json").read_text())
-    same = {k: v for k, v in report.items() if k not in ("source", "source_file")}
-    assert same == {k: v for k, v in from_path.items() if k not in ("source", "source_file")}
+    same = {k: v for k, v in report.items() if k not in ("source", "source_location")}
+    assert same == {k: v for k, v in from_path.items() if k not in ("source", "source_location")}
 
 
 def test_stage_url_checksum_mismatch_is_one_line_and_keeps_outputs(workdir: Path, http_server) -> None:

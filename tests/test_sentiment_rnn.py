@@ -190,7 +190,7 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
         shutil.copy(shard, data / shard.name.replace("valid-", "train-", 1))
     spec = json.loads((data / "spec.json").read_text())  # the readers check shard counts against it
     valid = spec["splits"]["valid"]
-    spec["splits"]["train"] = {**valid, "shards": [n.replace("valid-", "train-", 1) for n in valid["shards"]]}
+    spec["splits"]["train"] = {**valid, "files": [n.replace("valid-", "train-", 1) for n in valid["files"]]}
     (data / "spec.json").write_text(json.dumps(spec))
     p = TrainSentimentRnnParams(
         max_epochs=3,

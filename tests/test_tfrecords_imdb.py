@@ -328,7 +328,7 @@ def test_records_read_back_with_tensorflow_and_an_independent_reader(project: Pa
     spec = json.loads(converted["spec.json"])
     raw = project / "data/raw/imdb/aclImdb"
     for split, records in parsed.items():
-        assert len(records) == spec["splits"][split]["records"]
+        assert len(records) == spec["splits"][split]["examples"]
         for record in records:
             assert record["raw"] == tf_serialized(record)  # hand-written bytes == TF's
             label = ("neg", "pos")[record["target"]]
@@ -348,7 +348,7 @@ def test_splits_vocabulary_and_spec(project: Path, converted: dict) -> None:
     train_ids = {(r.target, r.review_id) for r in splits["train"]}
     valid_ids = {(r.target, r.review_id) for r in splits["valid"]}
     assert not train_ids & valid_ids and len(train_ids | valid_ids) == 2 * PER_CLASS["train"]
-    assert {k: v["classes"] for k, v in spec["splits"].items()} == {
+    assert {k: v["class_counts"] for k, v in spec["splits"].items()} == {
         "train": {"neg": 8, "pos": 8},
         "valid": {"neg": 2, "pos": 2},
         "test": {"neg": 4, "pos": 4},

@@ -109,8 +109,8 @@ def _check_counts(data_dir: Path, split: str, files: Sequence[Path], counts: Seq
     entry = read_spec(data_dir).get("splits", {}).get(split)
     if not isinstance(entry, dict):
         raise StageError(f"{data_dir / 'spec.json'}: no split {split!r} (the shards and the spec disagree)")
-    expected = entry.get("examples", entry.get("records"))  # the series/fer2013 and imdb specs' names
-    listed = entry.get("files", entry.get("shards"))
+    expected = entry.get("examples")  # the schema of tfrecords.split_entry
+    listed = entry.get("files")
     if listed is not None and sorted(listed) != sorted(f.name for f in files):
         raise StageError(
             f"{data_dir}: the {split} shards {[f.name for f in files]} are not those spec.json lists "

@@ -444,6 +444,20 @@ def verify_shards(paths: Iterable[Path]) -> list[int]:
 # --- specs ---------------------------------------------------------------------------------
 
 
+def split_entry(
+    examples: int, files: Sequence[Path], class_counts: Mapping[str, int] | None = None, **details: Any
+) -> dict[str, Any]:
+    """One split of a ``spec.json``, in the schema every dataset shares: ``examples`` (records),
+    ``class_counts`` (labelled datasets only), the dataset's own ``details``, then ``files``
+    (the shard names, which the input pipelines check)."""
+    entry: dict[str, Any] = {"examples": int(examples)}
+    if class_counts is not None:
+        entry["class_counts"] = {str(name): int(n) for name, n in class_counts.items()}
+    entry.update(details)
+    entry["files"] = [Path(path).name for path in files]
+    return entry
+
+
 def write_spec(path: Path, spec: Mapping[str, Any]) -> None:
     """The small JSON spec of a dataset (feature names and dtypes, counts, ...)."""
     write_json(Path(path), spec)
