@@ -99,18 +99,13 @@ def worker(workload: str, deterministic: bool) -> dict:
         examples, real = read_spec(data)["splits"]["train"]["examples"], REAL_REVIEWS
     else:
         from stages.common.training import Trainer
-        from stages.train_emotion_cnn import (
-            STAGE,
-            TrainEmotionCnnParams,
-            WeightedCrossEntropy,
-            augment_batches,
-            build_model,
-        )
+        from stages.models.emotion_cnn import build_emotion_cnn
+        from stages.train_emotion_cnn import STAGE, TrainEmotionCnnParams, WeightedCrossEntropy, augment_batches
 
         _, p = load_params(STAGE, TrainEmotionCnnParams)
         data = Path("data/tfrecords/fer2013")
         trainer = Trainer(
-            build_model(p),
+            build_emotion_cnn(p.block_filters, p.dropout, p.head_filters),
             keras.optimizers.Adam(p.learning_rate),
             WeightedCrossEntropy(None),
             metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},

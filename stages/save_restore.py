@@ -39,8 +39,8 @@ class SaveRestoreParams(Section):
 def new_trainer(input_dim: int, p: SaveRestoreParams):
     import keras
 
-    from stages.common.dense_net import build_dense_net
     from stages.common.training import Trainer
+    from stages.models.dense_net import build_dense_net
 
     return Trainer(
         build_dense_net(input_dim, [p.hidden_units], 2, name="save_restore"),

@@ -58,11 +58,11 @@ def main() -> None:
 
     import keras
 
-    from stages.common.dense_net import build_dense_net
     from stages.common.outputs import atomic_outputs, write_json, write_tsv
     from stages.common.seeding import seed_everything
     from stages.common.tabular import read_tabular
     from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
+    from stages.models.dense_net import build_dense_net
 
     seed_everything(seed)
     data = read_tabular(DATA)

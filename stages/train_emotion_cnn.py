@@ -1,11 +1,8 @@
 """Stage ``train_emotion_cnn`` (tutorial 07): a CNN that tells seven facial expressions apart.
 
-The tutorial's network, block for block (``build_model``): four blocks of
-``conv -> BN -> strided conv -> BN -> ReLU -> dropout`` (48 -> 24 -> 12 -> 6 -> 3
-pixels), then its head of 1×1 and 3×3 convolutions down to a 1×1×7 map, the
-seven logits. As in the tutorial the head has no ReLU (only batch norm).
-Kernel sizes are the tutorial's (``KERNELS``); widths and dropout rates are
-params. Batch norm and dropout follow the ``training`` flag the Trainer passes.
+The network, its SavedModel export and integrated gradients are in
+stages/models/emotion_cnn.py: the tutorial's four conv blocks and head; the
+blocks' and head's widths and the dropout rates are params.
 
 Trained with the shared eager loop (stages/common/training.py): Adam, batch
 64, early stopping on the PublicTest (``valid``) loss with the best weights
@@ -23,25 +20,18 @@ final metrics. Three optional departures from the tutorial, off by default:
   along a cosine over ``max_epochs`` (Loshchilov & Hutter 2017), so the last
   epochs fine-tune instead of bouncing around a minimum.
 
-Integrated gradients (Sundararajan et al. 2017) explain a fixed set of test
-faces (the first test face of each class): the attribution of pixel i is
-``(x_i - x0_i) * mean over the straight path x0 -> x of d logit_c / d x_i``
-for the predicted class ``c``, zero baseline ``x0``, ``ig_steps`` intervals
-(trapezoid rule). Attributions sum to ``logit_c(x) - logit_c(x0)``
-(completeness; tested).
+Integrated gradients (stages/models/emotion_cnn.py) explain a fixed set of
+test faces (the first test face of each class): the predicted class's logit,
+zero baseline, ``ig_steps`` intervals; the metrics report how far their sums
+are from the logit's rise (``ig_max_completeness_error``).
 
 Outputs:
 
 - ``models/emotion_cnn/model.weights.h5``: the Keras weights (byte-stable);
 - ``models/emotion_cnn/saved_model/``: an exported SavedModel that needs only
-  TensorFlow (``tf.saved_model.load``), no code of this project::
-
-      m = tf.saved_model.load("models/emotion_cnn/saved_model")
-      out = m.serve(pixels)       # pixels: uint8 (batch, 48, 48, 1), raw 0-255 grayscale
-      out["logits"], out["probabilities"]   # float32 (batch, 7)
-      m.class_names()             # string (7,): Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral
-
-  (also as the signatures ``serving_default`` and ``class_names``);
+  TensorFlow (``tf.saved_model.load``), no code of this project: ``serve(uint8
+  pixels (batch, 48, 48, 1))`` -> ``logits``, ``probabilities``, and
+  ``class_names()`` (stages/models/emotion_cnn.py says how to use it);
 - ``metrics/emotion_cnn.json``: validation and test accuracy, test macro F1,
   per-class precision / recall / F1, best epoch, parameter count, ...;
 - ``plots/train_emotion_cnn/``: ``history.tsv`` (per-epoch loss and accuracy),
@@ -60,6 +50,7 @@ from pydantic import Field, model_validator
 
 from stages.common.cli import run_stage
 from stages.common.params import Section, load_params
+from stages.models.emotion_cnn import HEAD_KERNELS, KERNELS
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +61,6 @@ EXPORT_NAME = "saved_model"
 METRICS = Path("metrics/emotion_cnn.json")
 PLOTS = Path("plots/train_emotion_cnn")
 CHECKPOINTS = Path("checkpoints")
-
-# The tutorial's kernel sizes: (first conv, strided conv) per block, then the head's four convs.
-KERNELS = ((5, 5), (5, 5), (3, 3), (1, 3))
-HEAD_KERNELS = (1, 3, 1)  # then the 3×3 strided conv to the logits
 
 
 class TrainEmotionCnnParams(Section):
@@ -107,40 +94,6 @@ class TrainEmotionCnnParams(Section):
         if len(self.head_filters) != len(HEAD_KERNELS) or min(self.head_filters) < 1:
             raise ValueError(f"head_filters: must be {len(HEAD_KERNELS)} positive widths (got {self.head_filters!r})")
         return self
-
-
-# --- the network --------------------------------------------------------------------------------
-
-
-def build_model(p: TrainEmotionCnnParams, num_classes: int = 7, side: int = 48):
-    """The tutorial's CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes)."""
-    import keras
-    from keras import layers
-
-    def conv(filters: int, kernel: int, stride: int, name: str):
-        return layers.Conv2D(filters, kernel, strides=stride, padding="same", name=name)
-
-    images = keras.Input((side, side, 1), name="images")
-    x = images
-    for i, ((first, strided), (k1, k2), rate) in enumerate(
-        zip(p.block_filters, KERNELS, p.dropout, strict=True), start=1
-    ):
-        x = conv(first, k1, 1, f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
-        x = conv(strided, k2, 2, f"block{i}_conv_stride2")(x)  # halves the side
-        x = layers.BatchNormalization(name=f"block{i}_stride2_bn")(x)
-        x = layers.ReLU(name=f"block{i}_relu")(x)
-        x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
-    # Head (48 px input: 3×3 -> 2×2 -> 1×1), linear apart from batch norm, as in the tutorial.
-    wide, narrow, wide2 = p.head_filters
-    x = conv(wide, HEAD_KERNELS[0], 1, "head_conv1x1_a")(x)
-    x = layers.BatchNormalization(name="head_bn_a")(x)
-    x = conv(narrow, HEAD_KERNELS[1], 2, "head_conv3x3_stride2")(x)
-    x = conv(wide2, HEAD_KERNELS[2], 1, "head_conv1x1_b")(x)
-    x = layers.BatchNormalization(name="head_bn_b")(x)
-    x = conv(num_classes, 3, 2, "logits_conv3x3_stride2")(x)
-    logits = layers.Flatten(name="logits")(x)  # (b, 1, 1, k) -> (b, k) for 48 px faces
-    return keras.Model(images, logits, name="emotion_cnn")
 
 
 # --- class weights, loss, augmentation ------------------------------------------------------------
@@ -204,35 +157,7 @@ def augment_batches(batches, seed: int, epoch: int, max_shift: int):
     return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-# --- integrated gradients --------------------------------------------------------------------------
-
-
-def integrated_gradients(
-    model, images: np.ndarray, steps: int, baseline: np.ndarray | None = None, targets: Sequence[int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Attributions (same shape as ``images``) of each image's class logit, and those classes.
-
-    ``targets`` defaults to the predicted classes. The path integral from
-    ``baseline`` (zeros by default) to the image uses ``steps`` intervals and
-    the trapezoid rule; ``model`` runs in inference mode (``training=False``).
-    """
-    import tensorflow as tf
-
-    images = np.asarray(images, np.float32)
-    baseline = np.zeros_like(images[0]) if baseline is None else np.asarray(baseline, np.float32)
-    if targets is None:
-        targets = np.argmax(model(images, training=False).numpy(), axis=1)
-    alphas = tf.reshape(tf.linspace(0.0, 1.0, steps + 1), [-1, 1, 1, 1])
-    attributions = []
-    for image, target in zip(images, targets, strict=True):
-        path = baseline + alphas * (image - baseline)  # (steps + 1, H, W, C)
-        with tf.GradientTape() as tape:
-            tape.watch(path)
-            logit = model(path, training=False)[:, int(target)]
-        gradients = tape.gradient(logit, path).numpy().astype(np.float64)
-        average = (gradients[:-1] + gradients[1:]).sum(axis=0) / (2 * steps)
-        attributions.append((image - baseline) * average)
-    return np.asarray(attributions), np.asarray(targets)
+# --- explanation: the faces and their panel ----------------------------------------------------------
 
 
 def first_of_each_class(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -267,38 +192,6 @@ def plot_integrated_gradients(
     save_png(figure, path)
 
 
-# --- export -------------------------------------------------------------------------------------
-
-
-def export_model(model, class_names: Sequence[str], path: Path, side: int = 48) -> None:
-    """A SavedModel taking raw uint8 pixels, loadable with ``tf.saved_model.load`` alone (see the docstring)."""
-    import tensorflow as tf
-
-    names = list(class_names)
-    module = tf.Module()
-    module.model = model
-
-    @tf.function(input_signature=[tf.TensorSpec([None, side, side, 1], tf.uint8, name="pixels")])
-    def serve(pixels):
-        # The same uint8 -> [0, 1] conversion as the training input pipeline, so logits match exactly.
-        logits = module.model(tf.image.convert_image_dtype(pixels, tf.float32), training=False)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
-
-    @tf.function(input_signature=[])
-    def class_names_fn():
-        return tf.constant(names)
-
-    from stages.common.export import save
-
-    module.serve, module.class_names = serve, class_names_fn
-    save(module, path, signatures={"serving_default": serve, "class_names": class_names_fn})
-
-
-def to_pixels(images: np.ndarray) -> np.ndarray:
-    """Float [0, 1] images from the input pipeline back to their uint8 pixels."""
-    return np.rint(np.asarray(images) * 255.0).astype(np.uint8)
-
-
 # --- training and evaluation ------------------------------------------------------------------------
 
 
@@ -309,6 +202,7 @@ def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints
     from stages.common.input_pipelines import image_batches, read_spec
     from stages.common.seeding import seed_everything
     from stages.common.training import EarlyStopping, Trainer
+    from stages.models.emotion_cnn import build_emotion_cnn
 
     seed_everything(seed)
     spec = read_spec(data_dir)
@@ -319,7 +213,7 @@ def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints
         log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights, strict=True)))
     side = int(spec.get("image_shape", [48])[0])
     trainer = Trainer(
-        build_model(p, len(names), side),
+        build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, len(names), side),
         keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
         WeightedCrossEntropy(weights),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
@@ -403,6 +297,8 @@ def explain(model, images: np.ndarray, labels: np.ndarray, names: Sequence[str],
     """Integrated-gradients panel of the first test face of each class; returns its completeness errors."""
     import tensorflow as tf
 
+    from stages.models.emotion_cnn import integrated_gradients
+
     shown = first_of_each_class(labels, len(names))
     faces = images[shown]
     attributions, targets = integrated_gradients(model, faces, steps)
@@ -435,6 +331,7 @@ def main() -> None:
     from stages.common.input_pipelines import image_batches, read_spec
     from stages.common.outputs import atomic_outputs, write_csv, write_json, write_tsv
     from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.models.emotion_cnn import export_saved_model, to_pixels
 
     spec = read_spec(DATA_DIR)
     names = list(spec["class_names"])
@@ -460,7 +357,7 @@ def main() -> None:
     with atomic_outputs() as out:
         model_dir = out.directory(MODEL_DIR)
         trainer.model.save_weights(model_dir / "model.weights.h5")
-        export_model(trainer.model, names, model_dir / EXPORT_NAME, side=images.shape[1])
+        export_saved_model(trainer.model, names, model_dir / EXPORT_NAME, side=images.shape[1])
         # The export must answer exactly as the model in memory.
         served = tf.saved_model.load(str(model_dir / EXPORT_NAME))
         exported = served.serve(tf.constant(to_pixels(images[: p.batch_size])))["logits"].numpy()

@@ -1,16 +1,16 @@
 """Stage ``train_load_rnn`` (tutorial 09): next-day hourly load from the last ``look_back`` days.
 
-``LSTM(16) -> Dense(16, relu) -> Dense(24)`` on the scaled 24-hour profiles of
-the series TFRecords (stages/tfrecords_series.py: time-ordered splits, windows
-that never cross a split, scaler fitted on train only). MSE on scaled values,
-Adam, early stopping on the validation loss with the best weights restored,
-resumable checkpoints.
+``LSTM(16) -> Dense(16, relu) -> Dense(24)`` (stages/models/load_rnn.py) on the
+scaled 24-hour profiles of the series TFRecords (stages/tfrecords_series.py:
+time-ordered splits, windows that never cross a split, scaler fitted on train
+only). MSE on scaled values, Adam, early stopping on the validation loss with
+the best weights restored, resumable checkpoints.
 
 ``calendar_features: true`` gives the network what a forecaster knows about
 the days (the TFRecords' ``calendar``: weekday one-hot, national holiday, day
-before / after a holiday): each input day's flags join its 24 scaled hours at
-the LSTM's step, and the *target* day's flags are concatenated to the LSTM's
-output before ``Dense(16, relu)``. ``false`` is the tutorial's network exactly.
+before / after a holiday), the input days' at the LSTM's steps and the target
+day's before ``Dense(16, relu)`` (stages/models/load_rnn.py). ``false`` is the
+tutorial's network exactly.
 
 A forecast is only worth having if it beats the seasonal-naive ones, so the
 test MAE in MW is reported next to two baselines computed on exactly the same
@@ -149,37 +149,7 @@ def evenly_spaced(n: int, k: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n)).round()})
 
 
-# --- model, training, evaluation ---------------------------------------------------------------
-
-
-def build_model(look_back: int, p: TrainLoadRnnParams, n_calendar: int = 0):
-    """The tutorial's network: the LSTM's last output -> a hidden layer -> the 24 hours.
-
-    With ``n_calendar`` > 0 (``calendar_features``) it takes ``{"days", "calendar"}``:
-    ``calendar`` (batch, look_back + 1, n_calendar) holds the input days' flags,
-    concatenated to their 24 hours at each LSTM step, then the target day's,
-    concatenated to the LSTM's output.
-    """
-    import keras
-
-    if n_calendar:
-        days = keras.Input((look_back, 24), name="days")
-        calendar = keras.Input((look_back + 1, n_calendar), name="calendar")
-        steps = keras.layers.Concatenate(name="day_and_calendar")([days, calendar[:, :look_back]])
-        summary = keras.layers.LSTM(p.lstm_units, name="lstm")(steps)
-        known = keras.layers.Concatenate(name="with_target_calendar")([summary, calendar[:, look_back]])
-        hidden = keras.layers.Dense(p.dense_units, activation="relu", name="hidden")(known)
-        out = keras.layers.Dense(24, name="next_day")(hidden)
-        return keras.Model({"days": days, "calendar": calendar}, out, name="load_rnn")
-    return keras.Sequential(
-        [
-            keras.Input((look_back, 24), name="days"),  # (batch, look_back days, 24 scaled hours)
-            keras.layers.LSTM(p.lstm_units, name="lstm"),
-            keras.layers.Dense(p.dense_units, activation="relu", name="hidden"),
-            keras.layers.Dense(24, name="next_day"),
-        ],
-        name="load_rnn",
-    )
+# --- training, evaluation ---------------------------------------------------------------------
 
 
 def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
@@ -189,12 +159,15 @@ def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: P
     from stages.common.input_pipelines import read_spec, series_batches
     from stages.common.seeding import seed_everything
     from stages.common.training import EarlyStopping, Trainer
+    from stages.models.load_rnn import build_load_rnn
 
     seed_everything(seed)
     spec = read_spec(data_dir)
     n_calendar = n_calendar_features(spec, p)
     trainer = Trainer(
-        build_model(int(spec["look_back"]), p, n_calendar),
+        build_load_rnn(
+            int(spec["look_back"]), lstm_units=p.lstm_units, dense_units=p.dense_units, n_calendar=n_calendar
+        ),
         keras.optimizers.Adam(learning_rate=p.learning_rate),
         keras.losses.MeanSquaredError(),
         run_eagerly=p.run_eagerly,

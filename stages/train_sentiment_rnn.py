@@ -1,13 +1,11 @@
 """Stage ``train_sentiment_rnn`` (tutorial 08): sentiment of IMDB reviews with a recurrent network.
 
 ``Embedding(V, 100) -> LSTM(64) | GRU(64) -> dropout 0.3 -> Dense(128, relu) -> Dense(2)``
-on the review TFRecords (stages/tfrecords_imdb.py). Reviews have different
-lengths: a batch is padded with id 0 to its longest review
-(``input_pipelines.text_batches``; ``bucket_boundaries`` groups reviews of similar
-length to pad less), the recurrent layer runs over the padded batch, and the
-output is taken at each review's *last real step* (``sequence_length - 1``, a
-gather), so padding never changes a review's result (tested). Padding id 0 is
-not a word here, unlike in the original.
+(stages/models/sentiment_rnn.py: the network, read at each review's last real
+token so that padding never changes a result, and its export) on the review
+TFRecords (stages/tfrecords_imdb.py). A batch is padded with id 0 to its
+longest review (``input_pipelines.text_batches``; ``bucket_boundaries`` groups
+reviews of similar length to pad less).
 
 Training: the shared eager loop (stages/common/training.py), Adam, early
 stopping on the **validation** accuracy with the best weights restored (the
@@ -26,8 +24,9 @@ Outputs:
   ``models/sentiment_rnn/saved_model/``: an exported SavedModel that loads with
   plain ``tf.saved_model.load`` and carries what scoring new text needs: the
   vocabulary (an asset, ``vocabulary``), ``max_words`` and the ``serve``
-  signature ``(token_indexes, sequence_length) -> logits, probabilities``;
-  ``python -m stages.sentiment_predict`` uses it (stages/sentiment_predict.py);
+  signature ``(token_indexes, sequence_length) -> logits, probabilities``
+  (stages/models/sentiment_rnn.py); ``python -m stages.sentiment_predict`` uses
+  it (stages/sentiment_predict.py);
 - ``metrics/sentiment_rnn.json``: validation and test accuracy, test ROC-AUC,
   precision / recall / F1 of the positive class, best epoch;
 - ``plots/train_sentiment_rnn/``: ``history.tsv`` (per-epoch loss and accuracy),
@@ -95,91 +94,14 @@ class TrainSentimentRnnParams(Section):
         return value
 
 
-# --- the model -----------------------------------------------------------------------------------
-
-
-def _last_step_layer():
-    import keras
-    import tensorflow as tf
-
-    class LastRealStep(keras.layers.Layer):
-        """``outputs[i, sequence_length[i] - 1]``: each review's output at its last real token."""
-
-        def call(self, outputs, sequence_length):
-            # Clip so an empty review (length 0, never written by tfrecords_imdb) cannot index -1.
-            last = tf.maximum(tf.cast(sequence_length, tf.int32) - 1, 0)
-            return tf.gather(outputs, last, axis=1, batch_dims=1)
-
-    return LastRealStep
-
-
-def build_model(vocab_size: int, p: TrainSentimentRnnParams):
-    """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits.
-
-    With the defaults it is the tutorial's: embedding -> one recurrent layer read at
-    each review's last real token -> dropout -> Dense(relu) -> 2 logits. The options
-    that regularize it for the real reviews: ``embedding_dropout``, ``bidirectional``
-    (forward and backward layers; the padding is masked, so each direction's final
-    output is its summary of the real tokens) and ``readout`` pooling over the real
-    steps (max, or mean and max concatenated).
-    """
-    import keras
-
-    tokens = keras.Input((None,), dtype="int64", name="token_indexes")  # (b, T), padded with 0
-    lengths = keras.Input((), dtype="int64", name="sequence_length")  # (b,), real tokens incl. <eos>
-    masked = p.bidirectional or p.readout != "last"  # id 0 is only ever padding (text.PAD_ID)
-    embedded = keras.layers.Embedding(vocab_size, p.embedding_dim, mask_zero=masked, name="embedding")(tokens)
-    if p.embedding_dropout:
-        embedded = keras.layers.SpatialDropout1D(p.embedding_dropout, name="embedding_dropout")(embedded)
-    recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[p.cell]
-    if p.readout == "last" and not p.bidirectional:
-        steps = recurrent(p.units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
-        summary = _last_step_layer()(name="last_real_step")(steps, lengths)  # (b, units)
-    elif p.readout == "last":  # bidirectional: forward's output at the last real token, backward's at the first
-        summary = keras.layers.Bidirectional(recurrent(p.units), name="rnn")(embedded)  # (b, 2 units)
-    else:
-        rnn = recurrent(p.units, return_sequences=True, name="rnn")
-        if p.bidirectional:
-            rnn = keras.layers.Bidirectional(rnn, name="rnn")
-        steps = rnn(embedded)  # (b, T, units), or 2 units bidirectional
-        summary = _pooling_layer()(p.readout, name="pool_real_steps")(steps, lengths)
-    hidden = keras.layers.Dropout(p.dropout, name="dropout")(summary)
-    hidden = keras.layers.Dense(p.dense_units, activation="relu", name="hidden")(hidden)
-    logits = keras.layers.Dense(2, name="logits")(hidden)
-    name = f"sentiment_{'bi' if p.bidirectional else ''}{p.cell}"
-    return keras.Model({"token_indexes": tokens, "sequence_length": lengths}, logits, name=name)
-
-
-def _pooling_layer():
-    import keras
-    import tensorflow as tf
-
-    class PoolRealSteps(keras.layers.Layer):
-        """Max (and mean) of ``outputs[i, :sequence_length[i]]`` over the real steps: padding never counts."""
-
-        def __init__(self, mode: str, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.mode = mode
-            self.supports_masking = True
-
-        def call(self, outputs, sequence_length, mask=None):
-            real = tf.sequence_mask(sequence_length, tf.shape(outputs)[1], dtype=outputs.dtype)[:, :, None]
-            largest = tf.reduce_max(outputs * real + (real - 1.0) * 1e9, axis=1)
-            if self.mode == "max":
-                return largest
-            mean = tf.reduce_sum(outputs * real, axis=1) / tf.maximum(tf.reduce_sum(real, axis=1), 1.0)
-            return tf.concat([mean, largest], axis=-1)
-
-        def compute_mask(self, inputs, mask=None):
-            return None
-
-    return PoolRealSteps
+# --- training ------------------------------------------------------------------------------------
 
 
 def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
     import keras
 
     from stages.common.training import Trainer
+    from stages.models.sentiment_rnn import build_sentiment_rnn
 
     optimizer = (
         keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
@@ -187,7 +109,17 @@ def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
         else keras.optimizers.Adam(learning_rate=p.learning_rate)
     )
     return Trainer(
-        build_model(vocab_size, p),
+        build_sentiment_rnn(
+            vocab_size,
+            embedding_dim=p.embedding_dim,
+            embedding_dropout=p.embedding_dropout,
+            cell=p.cell,
+            units=p.units,
+            bidirectional=p.bidirectional,
+            readout=p.readout,
+            dropout=p.dropout,
+            dense_units=p.dense_units,
+        ),
         optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
@@ -257,28 +189,6 @@ def binary_metrics(labels: np.ndarray, logits: np.ndarray) -> tuple[dict[str, fl
 # --- tutorial 08's memory-cell heatmap ---------------------------------------------------------------
 
 
-def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The recurrent layer's states after each token of one review: ``(hidden, memory)``, each (T, units).
-
-    ``hidden`` is the output ``h_t``; ``memory`` is an LSTM's cell state ``c_t``
-    or, for a GRU (no separate cell), ``h_t`` again. Steps the trained layer's
-    own cell, so ``hidden`` is exactly what the model reads (tested).
-    """
-    import tensorflow as tf
-
-    rnn = model.get_layer("rnn")
-    rnn = getattr(rnn, "forward_layer", rnn)  # bidirectional: the forward direction reads the review as written
-    embedded = model.get_layer("embedding")(tf.constant(np.asarray(token_indexes)[None, :], tf.int64))  # (1, T, d)
-    state = [tf.zeros((1, rnn.cell.units)) for _ in range(len(tf.nest.flatten(rnn.cell.state_size)))]
-    hidden, memory = [], []
-    for t in range(embedded.shape[1]):
-        output, state = rnn.cell(embedded[:, t], state, training=False)
-        state = tf.nest.flatten(state)  # LSTM: [h, c]; GRU: [h]
-        hidden.append(output[0].numpy())
-        memory.append(state[-1][0].numpy())
-    return np.stack(hidden), np.stack(memory)
-
-
 def plot_memory_cells(states: np.ndarray, tokens: list[str], cell: str, title: str, path: Path) -> None:
     """Heatmap of tanh(state) (units x tokens), tokens on the x axis, as in tutorial 08."""
     from stages.common.plotting import plt, save_png
@@ -317,41 +227,6 @@ def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
     return best
 
 
-# --- export ------------------------------------------------------------------------------------------
-
-
-def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path) -> None:
-    """A SavedModel for serving: the ``serve`` signature, the vocabulary asset and ``max_words``.
-
-    Loads with plain ``tf.saved_model.load`` (no Keras, no project code);
-    stages/sentiment_predict.py reads the vocabulary and ``max_words`` from it
-    and encodes text with the functions tfrecords_imdb used.
-    """
-    import tensorflow as tf
-
-    class SentimentModel(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-            self.vocabulary = tf.saved_model.Asset(str(vocab_file))
-            self.max_words = tf.Variable(max_words, dtype=tf.int64, trainable=False, name="max_words")
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, None], tf.int64, name="token_indexes"),
-                tf.TensorSpec([None], tf.int64, name="sequence_length"),
-            ]
-        )
-        def serve(self, token_indexes, sequence_length):
-            logits = self.model({"token_indexes": token_indexes, "sequence_length": sequence_length}, training=False)
-            return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
-
-    from stages.common.export import save
-
-    module = SentimentModel()
-    save(module, directory, signatures={"serving_default": module.serve})
-
-
 def main() -> None:
     seed, p = load_params(STAGE, TrainSentimentRnnParams)
 
@@ -359,6 +234,7 @@ def main() -> None:
     from stages.common.outputs import atomic_outputs, write_json, write_tsv
     from stages.common.text import decode, load_vocabulary
     from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.models.sentiment_rnn import export_saved_model, recurrent_states
 
     spec = read_spec(DATA_DIR)
     vocab_file = DATA_DIR / spec["vocab_file"]

@@ -19,18 +19,21 @@ import pytest
 import yaml
 
 from conftest import copy_project, project_files, run
+from stages.models.emotion_cnn import build_emotion_cnn, integrated_gradients, to_pixels
 from stages.train_emotion_cnn import (
     EXPORT_NAME,
     TrainEmotionCnnParams,
     WeightedCrossEntropy,
-    build_model,
     class_weights,
     first_of_each_class,
-    integrated_gradients,
-    to_pixels,
 )
 
 TINY: dict[str, Any] = dict(block_filters=[[4, 4], [4, 8], [8, 8], [8, 16]], head_filters=[16, 16, 16])
+
+
+def network(p: TrainEmotionCnnParams):
+    """The network the stage builds for these params (stages/models/emotion_cnn.py)."""
+    return build_emotion_cnn(p.block_filters, p.dropout, p.head_filters)
 
 
 def conv(k: int, c_in: int, c_out: int) -> int:
@@ -72,12 +75,12 @@ def expected_params(blocks: list[list[int]], head: list[int], classes: int = 7) 
 
 
 def test_output_shape_and_parameter_count_match_the_tutorial() -> None:
-    model = build_model(TrainEmotionCnnParams())
+    model = network(TrainEmotionCnnParams())
     assert model.output_shape == (None, 7)
     assert model(np.zeros((3, 48, 48, 1), np.float32), training=False).shape == (3, 7)
     assert expected_params([[16, 16], [32, 32], [64, 64], [64, 128]], [256, 128, 256]) == 559_671
     assert model.count_params() == 559_671
-    tiny = build_model(TrainEmotionCnnParams(**TINY))
+    tiny = network(TrainEmotionCnnParams(**TINY))
     assert tiny.count_params() == expected_params(TINY["block_filters"], TINY["head_filters"])
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [layer.strides for layer in convs] == [(1, 1), (2, 2)] * 4 + [(1, 1), (2, 2), (1, 1), (2, 2)]
@@ -87,7 +90,7 @@ def test_batch_norm_and_dropout_follow_the_training_flag() -> None:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = build_model(TrainEmotionCnnParams(**TINY))
+    model = network(TrainEmotionCnnParams(**TINY))
     x = np.random.default_rng(0).uniform(size=(4, 48, 48, 1)).astype(np.float32)
     np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
     assert not np.allclose(model(x, training=True), model(x, training=True))  # dropout draws anew
@@ -187,7 +190,7 @@ def test_a_few_steps_reduce_the_loss(emotion_cnn_project: Path) -> None:
 
     keras.utils.set_random_seed(3)
     x, y = next(iter(image_batches(emotion_cnn_project / "data/tfrecords/fer2013", "train", 64)))
-    trainer = Trainer(build_model(TrainEmotionCnnParams()), keras.optimizers.Adam(1e-3), WeightedCrossEntropy(None))
+    trainer = Trainer(network(TrainEmotionCnnParams()), keras.optimizers.Adam(1e-3), WeightedCrossEntropy(None))
     losses = [float(trainer.train_step(x, y)) for _ in range(15)]
     assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
 
@@ -222,7 +225,7 @@ def test_interrupted_training_resumes_the_step_count(emotion_cnn_project: Path, 
 
 
 def trained(project: Path):
-    model = build_model(TrainEmotionCnnParams())
+    model = network(TrainEmotionCnnParams())
     model.load_weights(project / "models/emotion_cnn/model.weights.h5")
     return model
 

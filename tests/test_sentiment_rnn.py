@@ -14,13 +14,29 @@ import yaml
 from conftest import copy_project, project_files, run
 from stages.common.cli import StageError
 from stages.common.params import validate
-from stages.train_sentiment_rnn import TrainSentimentRnnParams, build_model, recurrent_states
+from stages.models.sentiment_rnn import build_sentiment_rnn, recurrent_states
+from stages.train_sentiment_rnn import TrainSentimentRnnParams
 
 DATA = Path("data/tfrecords/imdb")
 # The quality gate, on the default sample (2,250 training reviews) at the default params. See
 # test_stage_reaches_the_quality_floor for why it is this and not the bag-of-words 0.77.
 ACCURACY_FLOOR = 0.70
 AUC_FLOOR = 0.78
+
+
+def network(vocab_size: int, p: TrainSentimentRnnParams):
+    """The network the stage builds for these params (stages/models/sentiment_rnn.py)."""
+    return build_sentiment_rnn(
+        vocab_size,
+        embedding_dim=p.embedding_dim,
+        embedding_dropout=p.embedding_dropout,
+        cell=p.cell,
+        units=p.units,
+        bidirectional=p.bidirectional,
+        readout=p.readout,
+        dropout=p.dropout,
+        dense_units=p.dense_units,
+    )
 
 
 def padded(ids: list[list[int]], length: int) -> np.ndarray:
@@ -40,7 +56,7 @@ def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> Non
     # The test has teeth: reading the recurrent output at the last *padded* step differs.
     import keras
 
-    model = build_model(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+    model = network(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
     review = np.random.default_rng(0).integers(3, 50, size=23).tolist() + [2]
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
     seq = steps(
@@ -61,7 +77,7 @@ def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
     from stages.common.seeding import seed_everything
 
     seed_everything(3)
-    model = build_model(50, p)
+    model = network(50, p)
     rng = np.random.default_rng(0)
     review = rng.integers(3, 50, size=23).tolist() + [2]  # ends with <eos>, as in the records
     other = rng.integers(3, 50, size=60).tolist() + [2]
@@ -90,7 +106,7 @@ def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"]
     from stages.common.seeding import seed_everything
 
     seed_everything(4)
-    model = build_model(40, TrainSentimentRnnParams(cell=cell, units=6, embedding_dim=5, dense_units=4))
+    model = network(40, TrainSentimentRnnParams(cell=cell, units=6, embedding_dim=5, dense_units=4))
     ids = np.random.default_rng(1).integers(3, 40, size=17)
     hidden, memory = recurrent_states(model, ids)
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
@@ -161,7 +177,7 @@ def test_exported_model_reloads_with_the_same_logits(project: Path) -> None:
 
     spec = read_spec(project / DATA)
     p = TrainSentimentRnnParams(**yaml.safe_load((project / "params.yaml").read_text())["train_sentiment_rnn"])
-    model = build_model(spec["vocab_size"], p)
+    model = network(spec["vocab_size"], p)
     model.load_weights(project / "models/sentiment_rnn/model.weights.h5")
     served = tf.saved_model.load(str(project / "models/sentiment_rnn/saved_model"))  # plain TF, no Keras objects
     assert int(served.max_words.numpy()) == spec["max_words"]
@@ -286,7 +302,7 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
     assert [line.split("\t")[1] for line in lines] == [str(path) for _, path in chosen]
 
     p = TrainSentimentRnnParams(**yaml.safe_load((project / "params.yaml").read_text())["train_sentiment_rnn"])
-    model = build_model(read_spec(project / DATA)["vocab_size"], p)
+    model = network(read_spec(project / DATA)["vocab_size"], p)
     model.load_weights(project / "models/sentiment_rnn/model.weights.h5")
     for line, (ids, _) in zip(lines, chosen, strict=True):
         logits = model({"token_indexes": np.array([ids]), "sequence_length": np.array([len(ids)])}, training=False)

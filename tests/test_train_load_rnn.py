@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import copy_project, project_files, run
+from stages.models.load_rnn import build_load_rnn
 from stages.train_load_rnn import (
     TrainLoadRnnParams,
-    build_model,
     day_profiles,
     evaluate_forecasts,
     evenly_spaced,
@@ -132,7 +132,8 @@ def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
 
 def test_calendar_model_keeps_the_tutorials_layers() -> None:
     p = TrainLoadRnnParams()
-    with_calendar, plain = build_model(5, p, n_calendar=10), build_model(5, p)
+    with_calendar = build_load_rnn(5, lstm_units=p.lstm_units, dense_units=p.dense_units, n_calendar=10)
+    plain = build_load_rnn(5, lstm_units=p.lstm_units, dense_units=p.dense_units)
     for model in (with_calendar, plain):
         layers = {layer.name: layer for layer in model.layers}
         assert layers["lstm"].units == 16 and layers["hidden"].units == 16 and layers["next_day"].units == 24

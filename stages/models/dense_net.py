@@ -1,4 +1,4 @@
-"""The small fully connected network of tutorials 01–03."""
+"""Tutorials 01-03's network: a small fully connected net (simple_nn, metrics_demo, save_restore)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ def build_dense_net(input_dim: int, hidden_units: Sequence[int], outputs: int, n
     The last layer gives logits (classification) or values (regression); losses
     take logits, as in the tutorials.
     """
-    layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,), name="features")]
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,), name="features")]  # (b, input_dim)
     for i, units in enumerate(hidden_units):
-        layers.append(keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))
-    layers.append(keras.layers.Dense(outputs, name="output"))
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"hidden_{i}"))  # (b, units)
+    layers.append(keras.layers.Dense(outputs, name="output"))  # (b, outputs)
     return keras.Sequential(layers, name=name)
