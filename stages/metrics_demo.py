@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field
 
 from stages.common.cli import StageError, run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,11 @@ ROC_THRESHOLDS = 2001  # ROC-AUC is summed over thresholds; this many keeps it w
 CHECKPOINTS = Path("checkpoints")
 
 
-class ProblemParams(Section):
+class ProblemParams(TrainingSection):
     hidden_units: list[int] = Field([20, 10], min_length=1)
     learning_rate: float = Field(gt=0.0)
     epochs: int = Field(ge=1)
     batch_size: int = Field(32, ge=1)
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
 
 def classification_metrics(trainer, x, y, num_classes: int, batch_size: int) -> tuple[dict, dict]:

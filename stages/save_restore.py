@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.common.cli import StageError, run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,11 @@ PLOTS = Path("plots/save_restore")
 CHECKPOINTS = Path("checkpoints")
 
 
-class SaveRestoreParams(Section):
+class SaveRestoreParams(TrainingSection):
     hidden_units: int = Field(10, ge=1)
     learning_rate: float = Field(0.5, gt=0.0)
     epochs: int = Field(500, ge=1, description="epochs before saving")
     continue_epochs: int = Field(100, ge=1, description="epochs trained after restoring")
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
 
 def new_trainer(input_dim: int, p: SaveRestoreParams):

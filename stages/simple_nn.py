@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.common.cli import run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,11 @@ PLOTS = Path("plots/simple_nn")
 CHECKPOINTS = Path("checkpoints")
 
 
-class SimpleNNParams(Section):
+class SimpleNNParams(TrainingSection):
     hidden_units: int = Field(10, ge=1)
     learning_rate: float = Field(0.5, gt=0.0)
     epochs: int = Field(500, ge=1)
     batch_size: int = Field(100, ge=1, description=">= the data size means full-batch, as the tutorial")
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
 
 def plot_decision_boundary(model, x, y, path: Path) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.common.cli import run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 from stages.models.emotion_cnn import HEAD_KERNELS, KERNELS
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ PLOTS = Path("plots/train_emotion_cnn")
 CHECKPOINTS = Path("checkpoints")
 
 
-class TrainEmotionCnnParams(Section):
+class TrainEmotionCnnParams(TrainingSection):
     block_filters: list[list[int]] = Field(
         [[16, 16], [32, 32], [64, 64], [64, 128]], description="(first conv, strided conv) widths of the four blocks"
     )
@@ -80,8 +80,6 @@ class TrainEmotionCnnParams(Section):
     augment: bool = False
     augment_shift: int = Field(3, ge=0, le=12, description="largest shift in pixels when augment is on")
     ig_steps: int = Field(64, ge=1, description="integration intervals of integrated gradients")
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
     @model_validator(mode="after")
     def _four_blocks(self) -> TrainEmotionCnnParams:

@@ -61,7 +61,7 @@ import numpy as np
 from pydantic import Field
 
 from stages.common.cli import StageError, run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ STAGE = "train_load_rnn"
 PLOTTED_DAYS = 6
 
 
-class TrainLoadRnnParams(Section):
+class TrainLoadRnnParams(TrainingSection):
     lstm_units: int = Field(16, ge=1)
     dense_units: int = Field(16, ge=1)
     learning_rate: float = Field(1e-2, gt=0.0)
@@ -84,8 +84,6 @@ class TrainLoadRnnParams(Section):
     calendar_features: bool = Field(
         True, description="feed the days' calendar flags (weekday, holidays) to the network"
     )
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
 
 # --- pure functions: scaling, baselines, errors (NumPy only) -----------------------------------

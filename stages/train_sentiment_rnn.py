@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from stages.common.cli import StageError, run_stage
-from stages.common.params import Section, load_params
+from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ CHECKPOINTS = Path("checkpoints")
 POSITIVE = 1  # target of a positive review
 
 
-class TrainSentimentRnnParams(Section):
+class TrainSentimentRnnParams(TrainingSection):
     cell: Literal["lstm", "gru"] = "lstm"
     embedding_dim: int = Field(100, ge=1)
     units: int = Field(64, ge=1, description="recurrent units")
@@ -83,8 +83,6 @@ class TrainSentimentRnnParams(Section):
     heatmap_min_tokens: int = Field(
         32, ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens"
     )
-    run_eagerly: bool = False
-    checkpoint_every_s: float = Field(60.0, ge=0.0)
 
     @field_validator("bucket_boundaries")
     @classmethod

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from stages.common.cli import StageError
@@ -29,6 +29,15 @@ class Section(BaseModel):
     # strict: YAML `epochs: "5"` or `epochs: 5.0` is a mistake, not an int.
     # allow_inf_nan: YAML `.inf` / `.nan` pass `gt=0` checks but are never a sensible param.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class TrainingSection(Section):
+    """A training stage's params: the switches every training loop (stages/common/training.py) has."""
+
+    run_eagerly: bool = Field(False, description="true: no tf.function, for debugging")
+    checkpoint_every_s: float = Field(
+        60.0, ge=0.0, description="seconds between resumable checkpoints (0: after every epoch)"
+    )
 
 
 UserPath = Annotated[str, AfterValidator(os.path.expanduser)]
