@@ -21,7 +21,6 @@ least half the in-memory throughput. Prints a table and writes
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -32,12 +31,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
+from common import load_average, stage, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_tfrecords_fer2013 import make_project, stage  # noqa: E402
+from bench_tfrecords_fer2013 import make_project  # noqa: E402
 
 RESULTS = ROOT / "bench/results/input_pipelines.json"
 BATCH = 64
@@ -61,7 +60,7 @@ def measure(name: str, batches: Callable[..., Any], data_dir: Path) -> dict:
     import tensorflow as tf
 
     epochs = EPOCHS[name]
-    load = os.getloadavg()
+    load = load_average()
     cold = throughput(lambda e: batches(data_dir, "train", BATCH, shuffle_seed=SEED, epoch=e, cache=False), range(1))
     start = time.perf_counter()
     batches(data_dir, "train", BATCH, shuffle_seed=SEED, epoch=0, cache=True)  # fills the cache
@@ -87,7 +86,7 @@ def measure(name: str, batches: Callable[..., Any], data_dir: Path) -> dict:
         "ratio_warm": round(warm / memory, 2),
         "ratio_cold": round(cold / memory, 2),
         "target_met": warm / memory >= TARGET_RATIO,
-        "load_average_before": [round(v, 2) for v in load],
+        "load_average_before": load,
     }
 
 
@@ -107,11 +106,10 @@ def main() -> None:
         **results,
         "batch_size": BATCH,
         "target_ratio": TARGET_RATIO,
-        **machine_info(),
         "note": "training split, shuffled, new dataset per epoch; 2 cores may be shared: see the load averages",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     print(f"{'pipeline (examples/s)':22s} {'cold':>9s} {'warm':>9s} {'in-memory':>10s} {'warm/mem':>9s}")
     for name, r in results.items():
         print(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
+import common  # noqa: E402
+from common import load_average, machine_info, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/numerics.json"
 REAL_FACES, REAL_REVIEWS = 28_709, 22_500
@@ -54,18 +54,10 @@ WORKLOADS = ("cnn", "cnn_augmented", "rnn")
 
 
 def make_project(dest: Path) -> Path:
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
-    for name in ("download_fer2013", "tfrecords_fer2013", "download_imdb", "tfrecords_imdb"):
-        subprocess.run(
-            [sys.executable, "-m", f"stages.{name}"],
-            cwd=dest,
-            check=True,
-            env=dict(os.environ, PYTHONPATH=str(dest), TF_CPP_MIN_LOG_LEVEL="2"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    return dest
+    """A project copy with the default samples' FER2013 and IMDB TFRecords."""
+    return common.make_project(
+        dest, stages=["download_fer2013", "tfrecords_fer2013", "download_imdb", "tfrecords_imdb"]
+    )
 
 
 def worker(workload: str, deterministic: bool) -> dict:
@@ -136,11 +128,14 @@ def worker(workload: str, deterministic: bool) -> dict:
 
 
 def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> dict:
-    load = os.getloadavg()
+    load = load_average()
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", workload]
     if not deterministic:
         command.append("--nondeterministic")
-    environment = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "TF_NUM_INTRAOP_THREADS")}
+    from stages.common.numerics import PINNED
+
+    # Each variant decides its own numerics: none of the pinned settings leaks in from here.
+    environment = {k: v for k, v in os.environ.items() if k not in PINNED}
     out = subprocess.run(
         command,
         cwd=project,
@@ -150,7 +145,7 @@ def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> 
     )
     if out.returncode != 0:
         raise SystemExit(f"{workload} worker failed:\n{out.stderr[-3000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "load_average_before": [round(x, 2) for x in load]}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "load_average_before": load}
 
 
 def main() -> None:
@@ -190,8 +185,7 @@ def main() -> None:
         "note": "training passes only, fastest of epochs 2-6, scaled to 28,709 faces / 22,500 reviews; "
         "price = reproducible / fast - 1; 2 cores may be shared: see the load averages",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    write_result(RESULTS, out)
     for workload, row in summary.items():
         print(
             f"{workload:14s} fast {row['fast_s']:6.1f} s  reproducible {row['reproducible_s']:6.1f} s  "

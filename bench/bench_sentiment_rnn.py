@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -35,16 +34,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
+import common  # noqa: E402
+from common import load_average, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_tfrecords_fer2013 import stage  # noqa: E402
 
 RESULTS = ROOT / "bench/results/sentiment_rnn.json"
 SEED = 42
@@ -54,13 +51,11 @@ TARGET_FIT_GAP = 0.10
 
 def make_project(dest: Path) -> Path:
     """A project copy with the default IMDB sample's TFRecords."""
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["imdb"]["source"] = "sample"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name in ("download_imdb", "tfrecords_imdb"):
-        stage(dest, name)
-    return dest
+
+    def sample(params: dict[str, Any]) -> None:
+        params["imdb"]["source"] = "sample"
+
+    return common.make_project(dest, sample, stages=["download_imdb", "tfrecords_imdb"])
 
 
 def main() -> None:
@@ -72,8 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_sentiment_") as tmp:
         data = make_project(Path(tmp) / "project") / "data/tfrecords/imdb"
         result = measure(data, args.repeats, args.eager_batches)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     print(f"{'variant':14s} {'examples/s':>11s}")
     for name in ("eager", "tf_function_same_batches", "tf_function", "keras_fit"):
         print(f"{name:26s} {result[name]['examples_per_s']:11.1f}")
@@ -138,7 +132,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     # Length buckets leave the dataset's cardinality unknown: fit warns that the input "ran out
     # of data" at the end of each epoch, though it trained on every batch (counted below).
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    load = os.getloadavg()
+    load = load_average()
     run_steps(compiled.train_step, batches(0))  # warm-up: traces the step
     model.fit(batches(0), epochs=1, verbose=0, shuffle=False)
     timings: dict[str, list[tuple[int, float]]] = {"tf_function": [], "keras_fit": []}
@@ -188,8 +182,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
         },
         "target_speedup_vs_eager": TARGET_EAGER_SPEEDUP,
         "target_ratio_to_fit": 1 - TARGET_FIT_GAP,
-        **machine_info(),
-        "load_average_before": [round(v, 2) for v in load],
+        "load_average_before": load,
         "note": "training split of the default sample; compiled variants: best of alternating whole epochs; "
         "eager: the first batches of an epoch, compared with the compiled step on the same batches",
     }

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
+import common  # noqa: E402
+from common import load_average, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/tfrecords_fer2013.json"
 TARGET_SECONDS = 20.0
@@ -38,30 +35,13 @@ STAGE_PARAMS = {"num_shards": 4, "compression": "none"}
 
 def make_project(dest: Path) -> Path:
     """A project copy with the full FER2013 sample (and params for the TFRecord stages)."""
-    shutil.copytree(ROOT / "stages", dest / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["fer2013"]["source"] = "sample"
-    params["fer2013"]["sample"]["preset"] = "full"
-    params.setdefault("tfrecords_fer2013", {}).update(STAGE_PARAMS, workers=2)
-    params.setdefault("tfrecords_series", {})  # its defaults, unless params.yaml has the section
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    stage(dest, "download_fer2013")
-    return dest
 
+    def full_sample(params: dict[str, Any]) -> None:
+        params["fer2013"]["source"] = "sample"
+        params["fer2013"]["sample"]["preset"] = "full"
+        params.setdefault("tfrecords_fer2013", {}).update(STAGE_PARAMS, workers=2)
 
-def stage(project: Path, name: str) -> float:
-    """Run one stage as DVC does; its wall time in seconds."""
-    env = dict(os.environ, PYTHONPATH=str(project), TF_CPP_MIN_LOG_LEVEL="2")
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"],
-        cwd=project,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
+    return common.make_project(dest, full_sample, stages=["download_fer2013"])
 
 
 def digest(directory: Path) -> str:
@@ -82,12 +62,9 @@ def main() -> None:
             params = yaml.safe_load(params_path.read_text())
             params["tfrecords_fer2013"]["workers"] = workers
             params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-            load = os.getloadavg()
+            load = load_average()
             seconds = stage(project, "tfrecords_fer2013")
-            runs[f"workers_{workers}"] = {
-                "seconds": round(seconds, 2),
-                "load_average_before": [round(x, 2) for x in load],
-            }
+            runs[f"workers_{workers}"] = {"seconds": round(seconds, 2), "load_average_before": load}
             digests.add(digest(out))
         spec = json.loads((out / "spec.json").read_text())
         size = sum(p.stat().st_size for p in out.iterdir())
@@ -101,12 +78,10 @@ def main() -> None:
         "same_bytes_for_1_and_2_workers": len(digests) == 1,
         "output_mb": round(size / 1e6, 1),
         "params": STAGE_PARAMS,
-        **machine_info(),
         "note": "wall time of `python -m stages.tfrecords_fer2013` (start-up and CSV parsing included); "
         "2 cores may be shared with other processes: see the load averages",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     print(f"{'FER2013 -> TFRecords':28s} {'seconds':>8s} {'faces/s':>8s}")
     for name in ("workers_2", "workers_1"):
         print(f"{name:28s} {runs[name]['seconds']:8.2f} {faces / runs[name]['seconds']:8.0f}")

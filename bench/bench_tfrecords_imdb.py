@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import machine_info  # noqa: E402
+from common import load_average, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -103,8 +103,8 @@ def same_records(stage_dir: Path, baseline_dir: Path) -> bool:
     return True
 
 
-def timed(label: str, fn, *args) -> tuple[float, tuple[float, float, float]]:
-    load = os.getloadavg()
+def timed(label: str, fn, *args) -> tuple[float, list[float]]:
+    load = load_average()
     start = time.perf_counter()
     fn(*args)
     seconds = time.perf_counter() - start
@@ -150,19 +150,18 @@ def main() -> None:
             "seconds": round(stage_s, 3),
             "reviews_per_s": round(reviews / stage_s, 1),
             "workers": args.workers,
-            "load_average_before": [round(x, 2) for x in stage_load],
+            "load_average_before": stage_load,
         },
         "baseline": {
             "seconds": round(baseline_s, 3),
             "reviews_per_s": round(reviews / baseline_s, 1),
-            "load_average_before": [round(x, 2) for x in baseline_load],
+            "load_average_before": baseline_load,
         },
         "speedup": round(speedup, 2),
         "target_speedup": TARGET_SPEEDUP,
         "target_met": speedup >= TARGET_SPEEDUP,
         "same_records": identical,
         "vocab_size": spec["vocab_size"],
-        **machine_info(),
         "note": "2 cores may be shared with other processes; see the load averages",
         "versions": {
             "python": platform.python_version(),
@@ -172,7 +171,7 @@ def main() -> None:
         },
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_result(args.output, results)
 
     print(f"\n{'':10} {'seconds':>9} {'reviews/s':>10}")
     for name in ("stage", "baseline"):

@@ -27,8 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
-from bench_tfrecords_fer2013 import stage  # noqa: E402
-from common import machine_info  # noqa: E402
+from common import load_average, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/train_emotion_cnn.json"
 EPOCHS = 2
@@ -62,10 +61,10 @@ def main() -> None:
         spec = json.loads((data / "spec.json").read_text())
         runs = {}
         for name, extra in (("plain", {"augment": False}), ("augmented", {"augment": True})):
-            load = os.getloadavg()
+            load = load_average()
             runs[name] = {
                 "epoch_seconds": epoch_seconds(TrainEmotionCnnParams(**{**base, **extra}), params["seed"], data),
-                "load_average_before": [round(x, 2) for x in load],
+                "load_average_before": load,
             }
     result = {
         "train_faces": spec["splits"]["train"]["examples"],
@@ -74,12 +73,11 @@ def main() -> None:
         "steady_epoch_seconds": runs["plain"]["epoch_seconds"][-1],
         "steady_epoch_seconds_augmented": runs["augmented"]["epoch_seconds"][-1],
         "params": {k: v for k, v in base.items() if k not in ("max_epochs", "patience", "checkpoint_every_s")},
-        **machine_info(),
         "note": "per epoch: training pass + validation pass; the first epoch of the first run also decodes "
         "the PNGs into the cache and traces the steps; 2 cores may be shared: see the load averages",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS, result)
     print(f"{'train_emotion_cnn, full size':30s} " + " ".join(f"epoch {i + 1:>2d}" for i in range(EPOCHS)))
     for name, run in runs.items():
         print(f"{name:30s} " + " ".join(f"{s:7.1f}s" for s in run["epoch_seconds"]))

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -35,6 +33,7 @@ from typing import Any
 import yaml
 
 from stages.common.cli import StageError, run_stage
+from stages.common.machine import machine_info
 
 RECIPE = Path("recipes/real-data.yaml")
 RESULTS = Path("results/real-data")
@@ -136,34 +135,6 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
     return wanted
 
 
-def machine() -> dict[str, Any]:
-    import importlib.metadata as metadata
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    versions: dict[str, str | None] = {}
-    for package in ("tensorflow", "dvc"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        **versions,
-        "numerics": os.environ.get("EAGER_PIPELINE_NUMERICS", "reproducible"),
-    }
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m stages.real_data", description="Run the pipeline on the real datasets as a DVC experiment."
@@ -208,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": total,
         "stage_seconds": stages,
-        "machine": machine(),
+        "machine": machine_info(("tensorflow", "dvc")),
     }
     kept = keep_results(rev, info, values, args.results)
     print(
