@@ -95,7 +95,7 @@ def main() -> None:
 
     import keras
 
-    from stages.common.outputs import atomic_outputs, write_csv, write_json, write_tsv
+    from stages.common.outputs import atomic_outputs, write_csv, write_history, write_json, write_tsv
     from stages.common.seeding import seed_everything
     from stages.common.tabular import read_tabular
     from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
@@ -133,8 +133,7 @@ def main() -> None:
     plot_dir = Path("plots") / stage
     with atomic_outputs() as out:
         write_json(out.file(Path("metrics") / f"{stage}.json"), results)
-        columns = [c for c in ("epoch", "loss", "accuracy") if c in history[0]]
-        write_tsv(out.file(plot_dir / "history.tsv"), columns, [[h[c] for c in columns] for h in history])
+        write_history(out.file(plot_dir / "history.tsv"), history)
         pairs = zip(data.y_test.tolist(), plots["predicted"].tolist(), strict=True)
         if regression:
             write_tsv(out.file(plot_dir / "predictions.tsv"), ["actual", "predicted"], pairs)

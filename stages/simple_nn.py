@@ -56,7 +56,7 @@ def main() -> None:
 
     import keras
 
-    from stages.common.outputs import atomic_outputs, write_json, write_tsv
+    from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.seeding import seed_everything
     from stages.common.tabular import read_tabular
     from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
@@ -101,11 +101,7 @@ def main() -> None:
                 "epochs": len(history),
             },
         )
-        write_tsv(
-            out.file(PLOTS / "history.tsv"),
-            ["epoch", "loss", "accuracy"],
-            [(h["epoch"], h["loss"], h["accuracy"]) for h in history],
-        )
+        write_history(out.file(PLOTS / "history.tsv"), history)
         plot_decision_boundary(model, x, y, out.file(PLOTS / "decision_boundary.png"))
         model_dir = out.directory(MODEL_DIR)
         model.save_weights(model_dir / "model.weights.h5")

@@ -327,7 +327,7 @@ def main() -> None:
     import tensorflow as tf
 
     from stages.common.input_pipelines import image_batches, read_spec
-    from stages.common.outputs import atomic_outputs, write_csv, write_json, write_tsv
+    from stages.common.outputs import atomic_outputs, write_csv, write_history, write_json
     from stages.common.training import checkpoint_dir, clear_checkpoints
     from stages.models.emotion_cnn import export_saved_model, to_pixels
 
@@ -338,12 +338,11 @@ def main() -> None:
     valid = trainer.evaluate(image_batches(DATA_DIR, "valid", p.batch_size))
     images, labels = collect_split(DATA_DIR, "test", p.batch_size)
     results, logits = evaluate_test(trainer, images, labels, names, p.batch_size)
-    best_epoch = int(np.argmin([h["val_loss"] for h in history])) + 1
     metrics = {
         "valid_accuracy": valid["val_accuracy"],
         "valid_loss": valid["val_loss"],
         **results,
-        "best_epoch": best_epoch,
+        "best_epoch": history.best_epoch,
         "epochs": len(history),
         "train_examples": int(spec["splits"]["train"]["examples"]),
         "params": int(trainer.model.count_params()),
@@ -364,11 +363,7 @@ def main() -> None:
             trainer.model, images, labels, names, p.ig_steps, out.file(PLOTS / "integrated_gradients.png")
         )
         write_json(out.file(METRICS), metrics)
-        write_tsv(
-            out.file(PLOTS / "history.tsv"),
-            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
-            [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history],
-        )
+        write_history(out.file(PLOTS / "history.tsv"), history)
         write_csv(
             out.file(PLOTS / "confusion.csv"),
             ["actual", "predicted"],
@@ -380,7 +375,7 @@ def main() -> None:
         metrics["test_majority_class_share"],
         metrics["test_macro_f1"],
         metrics["valid_accuracy"],
-        best_epoch,
+        history.best_epoch,
         len(history),
     )
     clear_checkpoints(ckpt)

@@ -312,7 +312,7 @@ def main() -> None:
     seed, p = load_params(STAGE, TrainLoadRnnParams)
 
     from stages.common.input_pipelines import read_spec, series_batches
-    from stages.common.outputs import atomic_outputs, write_json, write_tsv
+    from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.training import checkpoint_dir, clear_checkpoints
 
     scaler = json.loads((DATA_DIR / "scaler.json").read_text(encoding="utf-8"))
@@ -323,14 +323,13 @@ def main() -> None:
     test, valid = collect(DATA_DIR, "test", p.batch_size), collect(DATA_DIR, "valid", p.batch_size)
     predicted_scaled = trainer.predict(model_inputs(test, calendar, p.batch_size)).astype(np.float64)
     metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
-    val_losses = [h["val_loss"] for h in history]
     predicted_valid = inverse_transform(trainer.predict(model_inputs(valid, calendar, p.batch_size)), scaler)
     metrics |= {
         "valid_mse_scaled": valid_mse,
         "valid_mae_mw": mae(valid["target_mw"], predicted_valid),
         "valid_mape": mape(valid["target_mw"], predicted_valid),
         "epochs": len(history),
-        "best_epoch": int(np.argmin(val_losses)) + 1,
+        "best_epoch": history.best_epoch,
     }
     log.info(
         "test MAE %.0f MW, MAPE %.2f %% (yesterday %.0f, last week %.0f): skill vs best naive %.3f; "
@@ -356,11 +355,7 @@ def main() -> None:
     shown = kept[evenly_spaced(len(kept), PLOTTED_DAYS)]
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
-        write_tsv(
-            out.file(PLOTS / "history.tsv"),
-            ["epoch", "loss", "val_loss"],
-            [(h["epoch"], h["loss"], h["val_loss"]) for h in history],
-        )
+        write_history(out.file(PLOTS / "history.tsv"), history)
         plot_forecast_days(
             list(test["target_day"][shown]),
             test["target_mw"][shown],

@@ -229,7 +229,7 @@ def main() -> None:
     seed, p = load_params(STAGE, TrainSentimentRnnParams)
 
     from stages.common.input_pipelines import read_spec, text_batches
-    from stages.common.outputs import atomic_outputs, write_json, write_tsv
+    from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
     from stages.common.text import decode, load_vocabulary
     from stages.common.training import checkpoint_dir, clear_checkpoints
     from stages.models.sentiment_rnn import export_saved_model, recurrent_states
@@ -248,11 +248,10 @@ def main() -> None:
     valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
     labels, logits = score(trainer, text_batches(DATA_DIR, "test", p.batch_size))
     test, roc = binary_metrics(labels, logits)
-    best_epoch = int(np.argmax([h["val_accuracy"] for h in history])) + 1
     metrics = {
         "valid_accuracy": valid_accuracy,
         **{f"test_{name}": value for name, value in test.items()},
-        "best_epoch": best_epoch,
+        "best_epoch": history.best_epoch,
         "epochs": len(history),
         "cell": p.cell,
         "vocab_size": len(vocab),
@@ -264,7 +263,7 @@ def main() -> None:
         metrics["test_auc"],
         metrics["test_f1"],
         valid_accuracy,
-        best_epoch,
+        history.best_epoch,
         len(history),
     )
 
@@ -274,11 +273,7 @@ def main() -> None:
     probability = float(np.exp(review_logits[POSITIVE]) / np.exp(review_logits).sum())
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
-        write_tsv(
-            out.file(PLOTS / "history.tsv"),
-            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"],
-            [(h["epoch"], h["loss"], h["accuracy"], h["val_loss"], h["val_accuracy"]) for h in history],
-        )
+        write_history(out.file(PLOTS / "history.tsv"), history)
         write_tsv(out.file(PLOTS / "roc.tsv"), ["fpr", "tpr", "threshold"], roc)
         plot_memory_cells(
             memory[:, : p.heatmap_units],

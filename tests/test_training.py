@@ -40,6 +40,7 @@ def test_loss_decreases_and_accuracy_rises() -> None:
     x, y = moons()
     history = new_trainer().fit(array_batches(x, y, 16, seed=1), epochs=60)
     assert [h["epoch"] for h in history] == list(range(1, 61))
+    assert history.best_epoch == 60  # without early stopping the last weights are kept
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert history[-1]["accuracy"] > 0.85
 
@@ -71,6 +72,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
     best = int(np.argmin(losses))
     assert best < len(history) - 1, "the run should have gone on past its best epoch"
     assert len(history) - 1 - best == 3  # stopped after `patience` epochs without improvement
+    assert history.best_epoch == best + 1  # what the stages report as best_epoch
     for restored, saved in zip(weights(trainer), snapshots[best], strict=True):
         np.testing.assert_array_equal(restored, saved)
     assert trainer.evaluate([(x, y)])["val_loss"] == pytest.approx(losses[best], rel=1e-6)
@@ -102,6 +104,7 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
         on_epoch_end=lambda epoch, logs: seen.append(epoch),
     )
     assert seen == [4, 5]  # only the epochs that were missing
+    assert history.best_epoch == 6
     assert int(resumed.optimizer.iterations.numpy()) == 6 * steps_per_epoch
     assert [h["epoch"] for h in history] == list(range(1, 7))
     for a, b in zip(history, reference, strict=True):

@@ -226,6 +226,16 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(dumps_json(data), encoding="utf-8")
 
 
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def write_history(path: Path, history: Sequence[Mapping[str, Any]], columns: Sequence[str] = HISTORY_COLUMNS) -> None:
+    """A training history as the TSV every training stage plots: ``columns`` that the
+    epochs logged, in that order, one row per epoch."""
+    present = [c for c in columns if history and c in history[0]]
+    write_tsv(path, present, [[h[c] for c in present] for h in history])
+
+
 def write_table(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]], sep: str) -> None:
     """A delimited text table with a header; floats rounded like the JSON files."""
     lines = [sep.join(columns)]

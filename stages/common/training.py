@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[Any, Any]]
 MetricFactory = Callable[[], keras.metrics.Metric]
-History = list[dict[str, float]]
+
+
+class History(list[dict[str, float]]):
+    """One dict of logs per epoch, and ``best_epoch``: the epoch whose weights ``fit`` kept
+    (the early-stopping monitor's best; without early stopping, the last epoch)."""
+
+    best_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,7 +242,10 @@ class Trainer:
             bar.close()
         state.finished.assign(True)
         state.restore_best_weights()
-        return state.history
+        history = state.history
+        best = int(state.best_epoch.numpy())
+        history.best_epoch = best if early_stopping is not None and best > 0 else len(history)
+        return history
 
 
 def _format(logs: Mapping[str, float]) -> str:
@@ -261,7 +270,7 @@ class _FitState:
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best_weights = [tf.Variable(np.asarray(w), trainable=False) for w in model.weights]
-        self.history: History = []
+        self.history = History()
         # Keras keeps random state (a Dropout layer's seed generator) in variables outside
         # model.weights, which a checkpoint of the model does not save: without them a resumed
         # run would draw other dropout masks than an uninterrupted one.
@@ -314,7 +323,7 @@ class _FitState:
         self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         history_file = directory / "history.json"
         history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.exists() else []
-        self.history = history[: int(self.epoch.numpy())]
+        self.history = History(history[: int(self.epoch.numpy())])
         log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(self.epoch.numpy()))
 
 
