@@ -264,12 +264,10 @@ def evaluate_test(
     trainer, images: np.ndarray, labels: np.ndarray, names: Sequence[str], batch_size: int
 ) -> tuple[dict, np.ndarray]:
     """Accuracy, macro and per-class scores on the test split; also the logits."""
-    from stages.common.streaming_metrics import ConfusionMatrix, classification_report
+    from stages.common.streaming_metrics import report as classification
 
     logits = trainer.predict([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
-    confusion = ConfusionMatrix(len(names))
-    confusion.update_state(labels, logits)
-    report = classification_report(confusion.result().numpy())
+    report = classification(labels, logits, len(names))
     support = np.bincount(labels, minlength=len(names))
     metrics = {
         "test_accuracy": report["accuracy"],

@@ -165,12 +165,10 @@ def binary_metrics(labels: np.ndarray, logits: np.ndarray) -> tuple[dict[str, fl
     import keras
     import tensorflow as tf
 
-    from stages.common.streaming_metrics import ConfusionMatrix, classification_report, roc_points
+    from stages.common.streaming_metrics import report as classification, roc_points
 
     probabilities = tf.nn.softmax(logits).numpy()[:, POSITIVE]
-    confusion = ConfusionMatrix(2)
-    confusion.update_state(labels, logits)
-    report = classification_report(confusion.result().numpy())
+    report = classification(labels, logits, 2)
     auc = keras.metrics.AUC(num_thresholds=2001, curve="ROC")
     auc.update_state(labels, probabilities)
     fpr, tpr, thresholds = roc_points(auc)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as skm
 
-from stages.common.streaming_metrics import ConfusionMatrix, classification_report, roc_points
+from stages.common.streaming_metrics import ConfusionMatrix, classification_report, report, roc_points
 
 
 def batches(n: int, size: int):
@@ -43,6 +43,18 @@ def test_confusion_matrix_and_macro_scores_match_sklearn(num_classes: int) -> No
 
     metric.reset_state()
     assert metric.result().numpy().sum() == 0
+
+
+def test_report_of_a_whole_split_matches_sklearn() -> None:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, size=300)
+    logits = rng.normal(size=(300, 4)).astype(np.float32)
+    logits[np.arange(300), labels] += 1.0  # better than chance, not perfect
+    predicted = logits.argmax(axis=1)
+    got = report(labels, logits, 4)
+    assert got["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    assert got["macro_f1"] == pytest.approx(skm.f1_score(labels, predicted, average="macro"))
+    np.testing.assert_allclose(got["recall"], skm.recall_score(labels, predicted, average=None))
 
 
 def test_roc_auc_and_curve_match_sklearn() -> None:

@@ -69,6 +69,13 @@ def classification_report(confusion: np.ndarray) -> dict[str, Any]:
     }
 
 
+def report(labels: Any, logits: Any, num_classes: int) -> dict[str, Any]:
+    """:func:`classification_report` of a whole split's labels and logits (or probabilities)."""
+    confusion = ConfusionMatrix(num_classes)
+    confusion.update_state(labels, logits)
+    return classification_report(confusion.result().numpy())
+
+
 def roc_points(auc: keras.metrics.AUC) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate, threshold) per threshold of a ROC ``AUC``."""
     tp = np.asarray(auc.true_positives.numpy(), dtype=np.float64)
