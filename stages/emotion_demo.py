@@ -39,12 +39,12 @@ import cv2
 import numpy as np
 
 from stages.common.cli import StageError, run_stage
+from stages.common.fer2013_csv import SIDE  # the model's input: 48×48 grey faces
 
 log = logging.getLogger("stages.emotion_demo")
 
 DEFAULT_MODEL = Path("models/emotion_cnn/saved_model")
 CASCADE = "haarcascade_frontalface_default.xml"
-SIDE = 48
 DETECT_MAX_SIDE = 1280  # larger frames are shrunk for the cascade: its time grows with the pixels (8000² took 93 s)
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 WINDOW = "emotion_demo (q quits)"

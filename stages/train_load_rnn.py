@@ -315,7 +315,7 @@ def main() -> None:
     from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.training import checkpoint_dir, clear_checkpoints
 
-    scaler = json.loads((DATA_DIR / "scaler.json").read_text(encoding="utf-8"))
+    scaler = json.loads((DATA_DIR / read_spec(DATA_DIR)["scaler"]).read_text(encoding="utf-8"))
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
     trainer, history = train_model(p, seed, DATA_DIR, ckpt)
     calendar = bool(n_calendar_features(read_spec(DATA_DIR), p))

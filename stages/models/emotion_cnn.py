@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common.fer2013_csv import SIDE
+
 # The tutorial's kernel sizes: (first conv, strided conv) per block, then the head's four convs.
 KERNELS = ((5, 5), (5, 5), (3, 3), (1, 3))
 HEAD_KERNELS = (1, 3, 1)  # then the 3×3 strided conv to the logits
@@ -46,7 +48,7 @@ def build_emotion_cnn(
     dropout: Sequence[float],
     head_filters: Sequence[int],
     num_classes: int = 7,
-    side: int = 48,
+    side: int = SIDE,
 ):
     """The tutorial's CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes).
 
@@ -84,7 +86,7 @@ def build_emotion_cnn(
 # --- export -------------------------------------------------------------------------------------
 
 
-def export_saved_model(model, class_names: Sequence[str], path: Path, side: int = 48) -> None:
+def export_saved_model(model, class_names: Sequence[str], path: Path, side: int = SIDE) -> None:
     """A SavedModel taking raw uint8 pixels, loadable with ``tf.saved_model.load`` alone (see the docstring)."""
     import tensorflow as tf
 
