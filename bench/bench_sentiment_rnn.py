@@ -83,8 +83,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
 
     from stages.common.input_pipelines import text_batches
     from stages.common.seeding import seed_everything
-    from stages.models.sentiment_rnn import build_sentiment_rnn
-    from stages.train_sentiment_rnn import TrainSentimentRnnParams, new_trainer
+    from stages.train_sentiment_rnn import TrainSentimentRnnParams, network, new_trainer
 
     p = TrainSentimentRnnParams()  # the stage's defaults
     vocab_size = json.loads((data / "spec.json").read_text())["vocab_size"]
@@ -106,17 +105,7 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     seed_everything(SEED)
     eager = new_trainer(vocab_size, p.model_copy(update={"run_eagerly": True}))
     seed_everything(SEED)
-    model = build_sentiment_rnn(  # the same network as new_trainer's, for Keras' fit
-        vocab_size,
-        embedding_dim=p.embedding_dim,
-        embedding_dropout=p.embedding_dropout,
-        cell=p.cell,
-        units=p.units,
-        bidirectional=p.bidirectional,
-        readout=p.readout,
-        dropout=p.dropout,
-        dense_units=p.dense_units,
-    )
+    model = network(vocab_size, p)  # the same network as new_trainer's, for Keras' fit
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=p.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

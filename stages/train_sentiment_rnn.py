@@ -95,11 +95,27 @@ class TrainSentimentRnnParams(TrainingSection):
 # --- training ------------------------------------------------------------------------------------
 
 
+def network(vocab_size: int, p: TrainSentimentRnnParams):
+    """The network these params describe (stages/models/sentiment_rnn.py)."""
+    from stages.models.sentiment_rnn import build_sentiment_rnn
+
+    return build_sentiment_rnn(
+        vocab_size,
+        embedding_dim=p.embedding_dim,
+        embedding_dropout=p.embedding_dropout,
+        cell=p.cell,
+        units=p.units,
+        bidirectional=p.bidirectional,
+        readout=p.readout,
+        dropout=p.dropout,
+        dense_units=p.dense_units,
+    )
+
+
 def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
     import keras
 
     from stages.common.training import Trainer
-    from stages.models.sentiment_rnn import build_sentiment_rnn
 
     optimizer = (
         keras.optimizers.AdamW(learning_rate=p.learning_rate, weight_decay=p.weight_decay)
@@ -107,17 +123,7 @@ def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
         else keras.optimizers.Adam(learning_rate=p.learning_rate)
     )
     return Trainer(
-        build_sentiment_rnn(
-            vocab_size,
-            embedding_dim=p.embedding_dim,
-            embedding_dropout=p.embedding_dropout,
-            cell=p.cell,
-            units=p.units,
-            bidirectional=p.bidirectional,
-            readout=p.readout,
-            dropout=p.dropout,
-            dense_units=p.dense_units,
-        ),
+        network(vocab_size, p),
         optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
