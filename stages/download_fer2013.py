@@ -25,17 +25,14 @@ so a later run with other params does not fetch them again.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import io
 import logging
-import lzma
 import os
 import sys
 import tarfile
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
@@ -47,7 +44,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from stages import fer2013_images, fer2013_sample
-from stages.common.archives import check_member_name, extract_archive
+from stages.common.archives import CORRUPT, check_member_name, extract_archive
 from stages.common.cli import StageError, run_stage
 from stages.common.download import download, sha256_file
 from stages.common.fer2013_csv import (
@@ -77,16 +74,6 @@ COMPETITION = "challenges-in-representation-learning-facial-expression-recogniti
 CSV_MEMBERS = ("fer2013.csv", "icml_face_data.csv")
 TAR_MEMBER = "fer2013.tar.gz"
 EXAMPLES_KEPT = 10  # bad rows quoted in the report
-# What a damaged or truncated archive raises while it is being read.
-_CORRUPT = (
-    tarfile.ReadError,
-    tarfile.CompressionError,
-    EOFError,
-    zlib.error,
-    gzip.BadGzipFile,
-    zipfile.BadZipFile,
-    lzma.LZMAError,
-)
 
 
 class SampleSize(Section):
@@ -342,7 +329,7 @@ def normalize(path: Path, name: str, out_csv: Path, on_bad_row: str, total: int 
                 finish()  # a damaged archive often shows first as a bad row: blame the archive if it is damaged
                 raise
             finish()
-    except _CORRUPT as exc:
+    except CORRUPT as exc:
         raise StageError(f"{name}: truncated or corrupt archive ({' '.join(str(exc).split())})") from None
     except OSError as exc:  # e.g. an unreadable file
         raise StageError(f"{name}: cannot read it: {exc.strerror or exc}") from None
@@ -412,7 +399,7 @@ def holds_images(path: Path) -> bool:
                 for member in tar:  # the first telling member decides: no second pass over a large archive
                     if member.isfile() and (found := verdict(member.name)) is not None:
                         return found
-    except (*_CORRUPT, OSError):
+    except (*CORRUPT, OSError):
         pass
     return False
 

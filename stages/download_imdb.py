@@ -48,7 +48,7 @@ from pydantic import Field, model_validator
 
 from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, UserPath, load_params
-from stages.common.text import strip_tags
+from stages.common.text import length_stats, strip_tags
 
 log = logging.getLogger(__name__)
 
@@ -274,19 +274,6 @@ def copy_movie_lists(src: Path, dst: Path, folders: list[tuple[str, str]], where
     return {split: len(found) for split, found in movies.items()}
 
 
-def token_stats(counts: list[int]) -> dict[str, float]:
-    import numpy as np
-
-    values = np.asarray(counts)
-    return {
-        "min": values.min(),
-        "median": np.median(values),
-        "mean": values.mean(),
-        "p95": np.percentile(values, 95),
-        "max": values.max(),
-    }
-
-
 def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dict:
     # A local path is named by its file (or folder) name only: the report is committed, and
     # the user's home folder is neither reproducible nor anyone else's business (the sha256 says which).
@@ -299,7 +286,7 @@ def report_json(report: Report, p: ImdbParams, source_sha256: str | None) -> dic
         "source_sha256": source_sha256,
         "tree_sha256": report.digest.hexdigest(),
         "reviews": {**report.reviews, "total": sum(sum(c.values()) for c in report.reviews.values())},
-        "tokens": {**{split: token_stats(c) for split, c in report.tokens.items()}, "all": token_stats(all_tokens)},
+        "tokens": {**{split: length_stats(c) for split, c in report.tokens.items()}, "all": length_stats(all_tokens)},
         "movies": report.movies,  # distinct movies per split, where the source lists them
         "problems": report.problems,
         "examples": report.examples,

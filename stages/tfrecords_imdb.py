@@ -318,19 +318,6 @@ def tokenize_and_encode(
     return vocab, records, lengths, unknown
 
 
-def length_stats(values) -> dict[str, float]:
-    import numpy as np
-
-    values = np.asarray(values)
-    return {
-        "min": values.min(),
-        "median": np.median(values),
-        "mean": values.mean(),
-        "p95": np.percentile(values, 95),
-        "max": values.max(),
-    }
-
-
 def build_spec(
     p: TFRecordsImdbParams,
     seed: int,
@@ -344,7 +331,7 @@ def build_spec(
     """spec.json: what a reader of the records needs to know, and what the data looks like."""
     import numpy as np
 
-    from stages.common.text import RESERVED
+    from stages.common.text import RESERVED, length_stats
     from stages.common.tfrecords import split_entry
 
     per_split = {}

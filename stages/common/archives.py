@@ -27,8 +27,8 @@ from stages.common.cli import StageError
 Keep = Callable[[str], bool]
 """Decides from a member's name (as stored in the archive) whether to extract it."""
 
-# What a damaged or truncated compressed stream raises while being read.
-_CORRUPT = (
+# What a damaged or truncated compressed stream (tar, gzip, xz, zip) raises while being read.
+CORRUPT = (
     tarfile.ReadError,
     tarfile.CompressionError,
     EOFError,
@@ -86,7 +86,7 @@ def extract_tar(archive: Path, target: Path, keep: Keep | None = None) -> int:
             # and tar stops at its end-of-archive marker before that.
             while tar.fileobj.read(1 << 20):
                 pass
-    except _CORRUPT as exc:
+    except CORRUPT as exc:
         raise StageError(f"{archive}: not a readable tar archive, or truncated or corrupt ({exc})") from None
     return count
 
@@ -106,7 +106,7 @@ def extract_zip(archive: Path, target: Path, keep: Keep | None = None) -> int:
                         continue
                     zf.extract(info, target)  # zip has no links to follow; names checked above
                     count += 1
-    except _CORRUPT as exc:
+    except CORRUPT as exc:
         raise StageError(f"{archive}: not a readable zip archive, or truncated or corrupt ({exc})") from None
     return count
 

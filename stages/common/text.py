@@ -148,6 +148,20 @@ def encode(text: str, vocab: Vocabulary, max_words: int = 700) -> list[int]:
     return token_ids(tokenize(text), vocab, max_words)
 
 
+def length_stats(values: Iterable[int]) -> dict[str, float]:
+    """min, median, mean, 95th percentile and max of review lengths (in tokens), for the reports."""
+    import numpy as np
+
+    array = np.asarray(list(values))
+    return {
+        "min": array.min(),
+        "median": np.median(array),
+        "mean": array.mean(),
+        "p95": np.percentile(array, 95),
+        "max": array.max(),
+    }
+
+
 def decode(ids: Iterable[int], vocab: Vocabulary) -> list[str]:
     """Tokens of ``ids`` (for looking at records); padding is dropped."""
     return [vocab.tokens[i] for i in ids if i != PAD_ID]
