@@ -37,7 +37,7 @@ from stages.common.machine import machine_info
 
 RECIPE = Path("recipes/real-data.yaml")
 RESULTS = Path("results/real-data")
-KEPT = ("metrics/", "plots/", "params.yaml", "dvc.lock")
+KEPT = ("metrics/", "plots/", "params.yaml", "dvc.lock", "reports/summary.md")
 KEPT_PLOTS = re.compile(r"plots/[^/]+/[^/]+\.(png|tsv|csv|json)")
 SOURCES = {"fer2013": "fer2013", "imdb": "imdb", "series": "series"}  # option -> params section
 
@@ -110,7 +110,8 @@ def experiment_rev(name: str) -> str:
 
 
 def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: Path = RESULTS) -> list[str]:
-    """Copy the experiment's metrics, plots, params and lock into ``dest``; write run.json and recipe.yaml."""
+    """Copy the experiment's metrics, plots, summary page, params and lock into ``dest``;
+    write run.json and recipe.yaml."""
     from stages.common.outputs import atomic_outputs, write_json
 
     listing = subprocess.run(
@@ -119,7 +120,7 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
     wanted = [
         name
         for name in listing
-        if name in ("params.yaml", "dvc.lock")
+        if name in ("params.yaml", "dvc.lock", "reports/summary.md")
         or (name.startswith("metrics/") and name.endswith(".json"))
         or KEPT_PLOTS.fullmatch(name)
     ]

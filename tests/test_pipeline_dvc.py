@@ -384,6 +384,7 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
     assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
     assert yaml.safe_load((kept / "recipe.yaml").read_text()) == {"simple_nn.epochs": 40}
+    assert "simple_nn" in (kept / "reports/summary.md").read_text()  # the page a person reads
     info = json.loads((kept / "run.json").read_text())
     assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
     assert any(
