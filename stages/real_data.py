@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     info = {
         "experiment": args.name,
         "experiment_rev": rev,
-        "baseline_rev": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        # The experiment commit's parent: the code it ran, even if HEAD moved during the run.
+        "baseline_rev": subprocess.run(
+            ["git", "rev-parse", f"{rev}^"], capture_output=True, text=True, check=True
+        ).stdout.strip(),
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": total,
         "stage_seconds": stages,

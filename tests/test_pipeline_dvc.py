@@ -387,6 +387,8 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert "simple_nn" in (kept / "reports/summary.md").read_text()  # the page a person reads
     info = json.loads((kept / "run.json").read_text())
     assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert info["baseline_rev"] == head  # the experiment's parent: the code it ran
     assert any(
         name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix() for p in kept.rglob("*.png"))
     )
