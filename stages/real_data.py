@@ -37,7 +37,7 @@ from stages.common.machine import machine_info
 
 RECIPE = Path("recipes/real-data.yaml")
 RESULTS = Path("results/real-data")
-KEPT = ("metrics/", "plots/", "params.yaml", "dvc.lock", "reports/summary.md")
+KEPT_FILES = ("params.yaml", "dvc.lock", "reports/summary.md")  # besides metrics/*.json and KEPT_PLOTS
 KEPT_PLOTS = re.compile(r"plots/[^/]+/[^/]+\.(png|tsv|csv|json)")
 SOURCES = {"fer2013": "fer2013", "imdb": "imdb", "series": "series"}  # option -> params section
 
@@ -120,9 +120,7 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
     wanted = [
         name
         for name in listing
-        if name in ("params.yaml", "dvc.lock", "reports/summary.md")
-        or (name.startswith("metrics/") and name.endswith(".json"))
-        or KEPT_PLOTS.fullmatch(name)
+        if name in KEPT_FILES or (name.startswith("metrics/") and name.endswith(".json")) or KEPT_PLOTS.fullmatch(name)
     ]
     with atomic_outputs() as out:
         folder = out.directory(dest)
