@@ -8,6 +8,8 @@ each export would rewrite ``dvc.lock``:
   counter, which everything traced before the export advances (checkpoints
   saved every ``checkpoint_every_s`` seconds do, so a slower machine gets other
   names);
+- a while loop's condition (the LSTM and GRU layers) names its unused inputs
+  ``<cond function name>___redundant_placeholder<i>``, so the uid is there too;
 - the fingerprint carries a random ``uuid`` (TF >= 2.15).
 
 (Keras' ``model.export`` is worse: it orders the variables by object address.)
@@ -27,6 +29,7 @@ from typing import Any
 
 FINGERPRINT = "fingerprint.pb"
 SAVED_MODEL = "saved_model.pb"
+REDUNDANT = "___redundant_placeholder"  # <while cond function>___redundant_placeholder<i>
 TRAILING_UIDS = re.compile(r"((?:_\d+)+)$")  # __inference_serve_20872, __inference___backward_f_12_34
 
 
@@ -56,6 +59,8 @@ def renumber_functions(path: Path) -> None:
         if match:
             renamed = name[: match.start()] + "".join(f"_{rank[int(uid)]}" for uid in match.group(1)[1:].split("_"))
             text = text.replace(f'"{name}"', f'"{renamed}"')
+            # A while loop's condition names its unused inputs after itself (LSTM/GRU layers).
+            text = text.replace(f"{name}{REDUNDANT}", f"{renamed}{REDUNDANT}")
     renamed_model = text_format.Parse(text, saved_model_pb2.SavedModel())
     numbered = []  # captured resources' arguments are named by an id from the same kind of counter
     for graph in renamed_model.meta_graphs:
