@@ -48,7 +48,7 @@ bench: setup
 # The pipeline on the three real datasets as a DVC experiment (recipes/real-data.yaml; hours on
 # 2 cores). FER2013=, IMDB=, SERIES= give local copies: make real FER2013=~/fer2013.csv
 real: setup
-	python -m stages.real_data $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(IMDB),--imdb "$(IMDB)") \
+	python -m stages.apps.real_data $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(IMDB),--imdb "$(IMDB)") \
 		$(if $(SERIES),--series "$(SERIES)")
 
 # Remove generated outputs (not metrics/ and plots/, which git tracks).

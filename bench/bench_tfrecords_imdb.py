@@ -1,6 +1,6 @@
 """Benchmark: IMDB reviews -> TFRecords, the ``tfrecords_imdb`` stage against the original's way.
 
-Generates the ``full`` sample preset (25,000 + 25,000 reviews, stages/imdb_sample.py)
+Generates the ``full`` sample preset (25,000 + 25,000 reviews, stages/samples/imdb.py)
 in a temporary folder, then times in this one process:
 
 - ``stage``: ``stages.tfrecords_imdb.convert`` (all three splits, vocabulary, spec), its
@@ -113,7 +113,7 @@ def timed(label: str, fn, *args) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    from stages.imdb_sample import PRESETS, generate
+    from stages.samples.imdb import PRESETS, write_sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=PRESETS["full"], help="reviews per class and split")
@@ -130,8 +130,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         if args.raw is None:
             print(f"generating {4 * args.per_class} reviews ...", file=sys.stderr)
-            generate(tmp / "raw", SEED, args.per_class)
             raw = tmp / "raw/aclImdb"
+            write_sample(raw, SEED, per_class=args.per_class)
         else:
             raw = args.raw.expanduser().resolve()
             for path in raw.glob("*/*/*.txt"):  # into the page cache: both sides then read warm files
@@ -144,7 +144,7 @@ def main() -> None:
 
     speedup = baseline_s / stage_s
     results = {
-        "data": str(args.raw) if args.raw else f"imdb_sample, {args.per_class} per class and split",
+        "data": str(args.raw) if args.raw else f"stages/samples/imdb.py, {args.per_class} per class and split",
         "reviews": reviews,
         "stage": {
             "seconds": round(stage_s, 3),

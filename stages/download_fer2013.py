@@ -2,12 +2,12 @@
 
 ``fer2013.source`` picks where the data comes from:
 
-- ``sample`` (default): procedurally drawn faces (stages/fer2013_sample.py),
+- ``sample`` (default): procedurally drawn faces (stages/samples/fer2013.py),
   written as a real ``fer2013.csv`` and then read like any user's file;
 - ``path``: a file the user has: ``fer2013.csv``, ``fer2013.tar.gz`` (holding
   ``fer2013/fer2013.csv``), the Kaggle competition zip, or ``icml_face_data.csv``
   (columns ``emotion, Usage, pixels``); or FER2013 as image folders
-  (``train/<emotion>/*.jpg`` ...: stages/fer2013_images.py), a folder or a
+  (``train/<emotion>/*.jpg`` ...: stages/common/fer2013_images.py), a folder or a
   zip / tar(.gz) of one; the form is told from the content;
 - ``kaggle``: the competition zip through the official ``kaggle`` package
   (optional extra ``pip install .[kaggle]``, with the user's API credentials),
@@ -43,7 +43,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from stages import fer2013_images, fer2013_sample
+from stages.common import fer2013_images
 from stages.common.archives import CORRUPT, check_member_name, extract_archive
 from stages.common.cli import StageError, run_stage
 from stages.common.download import download, sha256_file
@@ -465,10 +465,12 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
     """What to read for ``p.source`` (a file, or a folder of images): its path, its name in messages, and its
     origin for the report."""
     if p.source == "sample":
+        from stages.samples.fer2013 import write_sample
+
         rows = p.sample.rows()
         log.info("drawing %d sample faces (%s)", sum(rows.values()), ", ".join(f"{k} {v}" for k, v in rows.items()))
-        fer2013_sample.write_sample(scratch / CSV_NAME, rows, seed)
-        return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/fer2013_sample.py, seed {seed}"
+        write_sample(scratch / CSV_NAME, seed, rows=rows)
+        return scratch / CSV_NAME, CSV_NAME, f"sample drawn by stages/samples/fer2013.py, seed {seed}"
     if p.source == "path":
         assert p.path is not None  # Fer2013Params requires it with source: path
         path = Path(p.path)

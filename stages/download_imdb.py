@@ -2,7 +2,7 @@
 
 ``imdb.source`` picks where the reviews come from:
 
-- ``sample`` (default): the embedded generator (stages/imdb_sample.py) writes an
+- ``sample`` (default): the embedded generator (stages/samples/imdb.py) writes an
   aclImdb tree, which then goes through the same checks as the real data;
 - ``url``: the official Stanford tarball (or a mirror), streamed into
   ``data/downloads/imdb/`` with resume and retries, checked against ``imdb.sha256``
@@ -321,12 +321,12 @@ def acquire(
     from stages.common.download import download, sha256_file
 
     if p.source == "sample":
-        from stages.imdb_sample import PRESETS, generate
+        from stages.samples.imdb import PRESETS, write_sample
 
         per_class = p.sample.per_class or PRESETS[p.sample.preset]
         unsup = 4 * per_class if p.include_unsup else 0  # the real ratio: 50,000 to 4 x 12,500
         log.info("generating the sample: %d reviews per class and split (seed %d)", per_class, seed)
-        generate(scratch, seed, per_class, unsup=unsup, label_noise=p.sample.label_noise)
+        write_sample(scratch / "aclImdb", seed, per_class=per_class, unsup=unsup, label_noise=p.sample.label_noise)
         return scratch / "aclImdb", None, None
     if p.source == "url":
         archive = download(

@@ -1,7 +1,7 @@
 """Stage ``make_series``: the hourly load series of tutorial 09, from an ENTSO-E CSV export.
 
 ``series.source: synthetic`` (default) writes a synthetic Spanish series as an
-ENTSO-E export (stages/series_sample.py) and parses it; ``series.source: path``
+ENTSO-E export (stages/samples/series.py) and parses it; ``series.source: path``
 parses a real "Total Load - Day Ahead / Actual" export; ``series.source: url``
 downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05)
 into ``data/downloads/series/``, checked against ``series.sha256`` and reused
@@ -41,6 +41,7 @@ import io
 import logging
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -50,11 +51,11 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from stages import series_sample
 from stages.common.cli import StageError, run_stage
 from stages.common.download import download
 from stages.common.outputs import atomic_outputs, keep_folder, write_csv, write_json
 from stages.common.params import Section, UserPath, load_params
+from stages.samples import series
 
 log = logging.getLogger(__name__)
 OUT_DIR = Path("data/raw/series")
@@ -69,7 +70,7 @@ TUTORIAL_URL = (
 )
 TUTORIAL_SHA256 = "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
 
-LOCAL_TZ = series_sample.LOCAL_TZ  # all ENTSO-E "CET" exports use the CET/CEST clock
+LOCAL_TZ = series.LOCAL_TZ  # all ENTSO-E "CET" exports use the CET/CEST clock
 TIME_COLUMNS = {"Time (CET)": LOCAL_TZ, "Time (CET/CEST)": LOCAL_TZ, "Time (UTC)": "UTC"}
 FORECAST_PREFIX = "Day-ahead Total Load Forecast [MW]"
 ACTUAL_PREFIX = "Actual Total Load [MW]"
@@ -392,6 +393,18 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
     }
 
 
+def synthetic_export(s: Synthetic, seed: int) -> bytes:
+    """The bytes of the synthetic ENTSO-E export. The sample generator writes it into a scratch folder
+    outside the project (the system's temporary folder): nothing under data/ is touched before the outputs
+    are replaced."""
+    with tempfile.TemporaryDirectory(prefix="make_series-sample-") as scratch:
+        sample = Path(scratch) / SAMPLE_FILE
+        series.write_sample(
+            sample, seed, start=s.start, end=s.end, noise_mw=s.noise_mw, missing_fraction=s.missing_fraction
+        )
+        return sample.read_bytes()
+
+
 def main() -> None:
     seed, p = load_params("series", SeriesParams)
     if p.source == "path":
@@ -408,8 +421,7 @@ def main() -> None:
         data = download(p.url, dest, p.sha256, p.size).read_bytes()
         name = p.url
     else:
-        s = p.synthetic
-        data = series_sample.entsoe_csv(s.start, s.end, seed, s.noise_mw, s.missing_fraction).encode("utf-8")
+        data = synthetic_export(p.synthetic, seed)
         name = str(OUT_DIR / SAMPLE_FILE)
     try:
         text = data.decode("utf-8-sig")  # exports opened and saved in Excel gain a BOM

@@ -25,8 +25,8 @@ Outputs:
   plain ``tf.saved_model.load`` and carries what scoring new text needs: the
   vocabulary (an asset, ``vocabulary``), ``max_words`` and the ``serve``
   signature ``(token_indexes, sequence_length) -> logits, probabilities``
-  (stages/models/sentiment_rnn.py); ``python -m stages.sentiment_predict`` uses
-  it (stages/sentiment_predict.py);
+  (stages/models/sentiment_rnn.py); ``python -m stages.apps.sentiment_predict`` uses
+  it (stages/apps/sentiment_predict.py);
 - ``metrics/sentiment_rnn.json``: validation and test accuracy, test ROC-AUC,
   precision / recall / F1 of the positive class, best epoch;
 - ``plots/train_sentiment_rnn/``: ``history.tsv`` (per-epoch loss and accuracy),

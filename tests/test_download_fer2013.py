@@ -22,7 +22,7 @@ from conftest import run, stage_env
 from stages import download_fer2013 as stage
 from stages.common.cli import StageError
 from stages.common.fer2013_csv import EMOTIONS, FER2013_CLASS_COUNTS, HEADER, PIXELS, USAGES, read_rows
-from stages.fer2013_sample import draw_faces, iter_sample_rows, split_labels
+from stages.samples.fer2013 import draw_faces, iter_sample_rows, split_labels
 
 MODULE = ["python", "-m", "stages.download_fer2013"]
 OUT_CSV = Path("data/raw/fer2013/fer2013.csv")

@@ -22,7 +22,7 @@ from stages.common.archives import extract_archive
 from stages.common.cli import StageError
 from stages.common.download import download, part_path
 from stages.download_imdb import count_tokens, decode_utf8
-from stages.imdb_sample import generate
+from stages.samples.imdb import generate
 
 STAGE = ["python", "-m", "stages.download_imdb"]
 RAW = Path("data/raw/imdb/aclImdb")

@@ -1,6 +1,6 @@
-"""The emotion demo command (``python -m stages.emotion_demo``): a synthetic video, one image, the error lines.
+"""The emotion demo command (``python -m stages.apps.emotion_demo``): a synthetic video, one image, the error lines.
 
-Faces are drawn by the FER2013 sample generator (stages/fer2013_sample.py),
+Faces are drawn by the FER2013 sample generator (stages/samples/fer2013.py),
 scaled up so OpenCV's Haar cascade finds them; the model is the export of the
 stage run in the session fixture ``emotion_cnn_project``.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import run, stage_env
-from stages.emotion_demo import detect_faces, face_detector
-from stages.fer2013_sample import draw_faces
+from stages.apps.emotion_demo import detect_faces, face_detector
+from stages.samples.fer2013 import draw_faces
 
 FRAMES, FPS, SIZE = 12, 10.0, (320, 240)
 NAMES = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
@@ -59,7 +59,7 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
 
 
 def demo(args: list[str], cwd: Path, check: bool = True):
-    return run([sys.executable, "-m", "stages.emotion_demo", *args], cwd, check=check)
+    return run([sys.executable, "-m", "stages.apps.emotion_demo", *args], cwd, check=check)
 
 
 def test_the_haar_cascade_finds_the_drawn_faces() -> None:
@@ -141,7 +141,7 @@ def test_demo_errors_are_one_line(emotion_cnn_project: Path, tmp_path: Path, cas
     # Headless, whatever the machine running the tests has: no window may open.
     env = {k: v for k, v in stage_env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     result = subprocess.run(
-        [sys.executable, "-m", "stages.emotion_demo", *args],
+        [sys.executable, "-m", "stages.apps.emotion_demo", *args],
         cwd=emotion_cnn_project,
         env=env,
         capture_output=True,

@@ -31,7 +31,7 @@ from conftest import run, stage_env
 from stages.common.cli import StageError
 from stages.common.params import load_params
 from stages.common.tfrecords import read_records, shard_paths
-from stages.series_sample import entsoe_csv
+from stages.samples.series import entsoe_csv
 from stages.simple_nn import SimpleNNParams
 from stages.toy_data import ToyDataParams
 from test_download_fer2013 import fer_csv, make_rows, tar_gz, zip_file

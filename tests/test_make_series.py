@@ -15,7 +15,7 @@ import yaml
 from conftest import run
 from stages.common.cli import StageError
 from stages.make_series import hourly_grid, parse_entsoe
-from stages.series_sample import entsoe_csv
+from stages.samples.series import entsoe_csv
 
 HEADER = '"Time (CET)","Day-ahead Total Load Forecast [MW] - BZN|ES","Actual Total Load [MW] - BZN|ES"'
 MODULE = ["python", "-m", "stages.make_series"]

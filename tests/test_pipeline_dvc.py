@@ -342,8 +342,8 @@ def test_every_model_param_can_be_set_with_exp_run_set_param(section: str, tmp_p
     """`dvc exp run -S key=value` (DVC's own override code) gives each stage the type its params model wants."""
     from dvc.utils.hydra import apply_overrides
 
+    from stages.apps.real_data import flatten as flatten_params, set_param_args
     from stages.common.params import read_params_file
-    from stages.real_data import flatten as flatten_params, set_param_args
     from stages.report import SECTIONS
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -378,7 +378,8 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     recipe.write_text("simple_nn:\n  epochs: 40\n")
     kept = tmp_path / "results"
     result = run(
-        ["python", "-m", "stages.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)], repo
+        ["python", "-m", "stages.apps.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)],
+        repo,
     )
     assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40

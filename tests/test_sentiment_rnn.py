@@ -234,7 +234,7 @@ def test_tiny_epoch_budget_runs(project: Path, tmp_path: Path) -> None:
     assert (work / "models/sentiment_rnn/saved_model/saved_model.pb").is_file()
 
 
-# --- the predict command (stages/sentiment_predict.py) ---------------------------------------------
+# --- the predict command (stages/apps/sentiment_predict.py) ----------------------------------------
 
 
 def raw_review(project: Path, split: str, target: int, review_id: int, rating: int) -> Path:
@@ -264,7 +264,7 @@ def records_with_sources(project: Path, split: str, n: int) -> list[tuple[list[i
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_predict_encodes_raw_text_exactly_as_the_tfrecords(project: Path, split: str) -> None:
-    from stages.sentiment_predict import SentimentModel
+    from stages.apps.sentiment_predict import SentimentModel
 
     model = SentimentModel(project / "models/sentiment_rnn/saved_model")
     checked = 0
@@ -281,7 +281,8 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
 
     chosen = records_with_sources(project, "test", 8)[2:6]  # a truncated review among them
     result = run(
-        ["python", "-m", "stages.sentiment_predict", *[a for _, path in chosen for a in ("--file", str(path))]], project
+        ["python", "-m", "stages.apps.sentiment_predict", *[a for _, path in chosen for a in ("--file", str(path))]],
+        project,
     )
     lines = result.stdout.splitlines()
     assert [line.split("\t")[1] for line in lines] == [str(path) for _, path in chosen]
@@ -294,7 +295,7 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
         assert float(line.split("\t")[0]) == pytest.approx(float(tf.nn.softmax(logits)[0, 1]), abs=6e-5)
 
     one = run(
-        ["python", "-m", "stages.sentiment_predict", "The acting was not bad at all. Highly recommended."], project
+        ["python", "-m", "stages.apps.sentiment_predict", "The acting was not bad at all. Highly recommended."], project
     ).stdout
     assert 0.0 <= float(one) <= 1.0 and one.count("\n") == 1  # a single review: just the probability
 
@@ -317,6 +318,6 @@ def test_predict_command_scores_files_like_the_model_scores_the_records(project:
 def test_predict_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "latin1.txt").write_bytes("Tr\xe8s bon film".encode("latin-1"))
     (tmp_path / "empty.txt").write_text("")
-    result = run(["python", "-m", "stages.sentiment_predict", *args], tmp_path, check=False)
+    result = run(["python", "-m", "stages.apps.sentiment_predict", *args], tmp_path, check=False)
     assert result.returncode == 2, result
     assert result.stderr == message + "\n" and result.stdout == ""

@@ -18,7 +18,7 @@ pooling over the real steps (max, or mean and max concatenated).
 ``tf.saved_model.load`` (no Keras, no project code) and carries what scoring new
 text needs: the vocabulary (an asset, ``vocabulary``), ``max_words`` and the
 ``serve`` signature ``(token_indexes int64 (b, T), sequence_length int64 (b,))
--> logits, probabilities (b, 2)``; stages/sentiment_predict.py uses it.
+-> logits, probabilities (b, 2)``; stages/apps/sentiment_predict.py uses it.
 
 ``recurrent_states`` steps the trained recurrent cell over one review for
 tutorial 08's memory-cell heatmap.
@@ -155,7 +155,7 @@ def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path)
     """A SavedModel for serving: the ``serve`` signature, the vocabulary asset and ``max_words``.
 
     Loads with plain ``tf.saved_model.load`` (no Keras, no project code);
-    stages/sentiment_predict.py reads the vocabulary and ``max_words`` from it
+    stages/apps/sentiment_predict.py reads the vocabulary and ``max_words`` from it
     and encodes text with the functions tfrecords_imdb used.
     """
     import tensorflow as tf

@@ -1,8 +1,8 @@
 """Command (not a DVC stage): the probability that a movie review is positive.
 
-    python -m stages.sentiment_predict "The acting was not bad at all. Recommended."
-    python -m stages.sentiment_predict --file review.txt [--file other.txt ...]   # "-" reads stdin
-    python -m stages.sentiment_predict --model path/to/saved_model "text"
+    python -m stages.apps.sentiment_predict "The acting was not bad at all. Recommended."
+    python -m stages.apps.sentiment_predict --file review.txt [--file other.txt ...]   # "-" reads stdin
+    python -m stages.apps.sentiment_predict --model path/to/saved_model "text"
 
 Uses the SavedModel that ``train_sentiment_rnn`` exports
 (``models/sentiment_rnn/saved_model`` by default). The text is prepared exactly
@@ -39,7 +39,7 @@ class Review:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m stages.sentiment_predict", description="Probability that a movie review is positive."
+        prog="python -m stages.apps.sentiment_predict", description="Probability that a movie review is positive."
     )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="text of a review (quote it)")
     parser.add_argument(

@@ -2,7 +2,7 @@
 
     make real                                        # sources as recipes/real-data.yaml says (urls)
     make real FER2013=~/fer2013 IMDB=~/aclImdb_v1.tar.gz SERIES=~/Total_Load_ES.csv
-    python -m stages.real_data --fer2013 PATH --imdb PATH --series PATH [--name NAME] [--dry-run]
+    python -m stages.apps.real_data --fer2013 PATH --imdb PATH --series PATH [--name NAME] [--dry-run]
 
 The recipe (every param that differs from params.yaml's sample defaults: the
 data sources and the real-data training recipes, each with its reason) lives in
@@ -136,7 +136,7 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m stages.real_data", description="Run the pipeline on the real datasets as a DVC experiment."
+        prog="python -m stages.apps.real_data", description="Run the pipeline on the real datasets as a DVC experiment."
     )
     for option in SOURCES:
         parser.add_argument(f"--{option}", metavar="PATH", help=f"local {option} data (sets {option}.source: path)")

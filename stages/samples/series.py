@@ -1,10 +1,10 @@
 """A synthetic Spanish national load series, written as an ENTSO-E CSV export.
 
-The stage ``make_series`` parses this file with the same code as a real export,
-so the sample reproduces the export's quirks: 24 rows per local (CET/CEST) day,
-the spring-forward hour present with blank values, the autumn repeated hour as
-two rows with the same interval (first CEST, then CET), quoted fields, a few
-blank actual values.
+``write_sample`` writes the file and the stage ``make_series`` parses it with
+the same code as a real export, so the sample reproduces the export's quirks:
+24 rows per local (CET/CEST) day, the spring-forward hour present with blank
+values, the autumn repeated hour as two rows with the same interval (first
+CEST, then CET), quoted fields, a few blank actual values.
 
 The load is built in local time, because people live on local time:
 
@@ -25,6 +25,7 @@ the previous days beat "tomorrow = today" and "tomorrow = same day last week".
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -287,3 +288,11 @@ def entsoe_csv(start: dt.date, end: dt.date, seed: int, noise_mw: float, missing
         # Fall back: the repeated hour is two rows with the same interval, CEST first.
         lines.append(f'"{_interval(start_wall)}","{forecast_cells[i]}","{actual_cells[i]}"')
     return "\n".join(lines) + "\n"
+
+
+def write_sample(
+    destination: Path, seed: int, *, start: dt.date, end: dt.date, noise_mw: float, missing_fraction: float
+) -> None:
+    """Write the synthetic series at ``destination`` as an ENTSO-E CSV export (UTF-8, ``entsoe_csv``'s text)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_bytes(entsoe_csv(start, end, seed, noise_mw, missing_fraction).encode("utf-8"))

@@ -2,11 +2,11 @@
 
 Not a DVC stage: a command for people, run after ``dvc repro train_emotion_cnn``::
 
-    python -m stages.emotion_demo --camera 0                  # window; q quits
-    python -m stages.emotion_demo --video in.mp4              # window; q quits
-    python -m stages.emotion_demo --video in.mp4 --out out.mp4   # annotated copy (headless)
-    python -m stages.emotion_demo --camera 0 --out rec.mp4 --max-frames 300
-    python -m stages.emotion_demo --image face.png            # prints the seven probabilities
+    python -m stages.apps.emotion_demo --camera 0                  # window; q quits
+    python -m stages.apps.emotion_demo --video in.mp4              # window; q quits
+    python -m stages.apps.emotion_demo --video in.mp4 --out out.mp4   # annotated copy (headless)
+    python -m stages.apps.emotion_demo --camera 0 --out rec.mp4 --max-frames 300
+    python -m stages.apps.emotion_demo --image face.png            # prints the seven probabilities
 
 Each frame: OpenCV's Haar cascade (``haarcascade_frontalface_default.xml``,
 shipped with opencv-python 4.x) finds the faces in the grayscale frame; each
@@ -41,7 +41,7 @@ import numpy as np
 from stages.common.cli import StageError, run_stage
 from stages.common.fer2013_csv import SIDE  # the model's input: 48×48 grey faces
 
-log = logging.getLogger("stages.emotion_demo")
+log = logging.getLogger("stages.apps.emotion_demo")
 
 DEFAULT_MODEL = Path("models/emotion_cnn/saved_model")
 CASCADE = "haarcascade_frontalface_default.xml"
@@ -314,7 +314,7 @@ def have_display() -> bool:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.emotion_demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.apps.emotion_demo", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--camera", type=int, metavar="INDEX", help="camera index (0: the default camera)")
     source.add_argument("--video", type=Path, metavar="FILE", help="a video file")

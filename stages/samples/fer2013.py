@@ -12,6 +12,7 @@ Surprise, Angry and Disgust, Sad and Neutral) are confusable, as in the real
 data, while a small CNN still learns the classes clearly.
 
 Class balance and the Usage splits follow the real file (Disgust is rare).
+``write_sample`` writes them as the real ``fer2013.csv`` (stages/common/fer2013_csv.py).
 Everything comes from one seeded NumPy generator: same seed, same bytes.
 """
 
@@ -330,8 +331,9 @@ def iter_sample_rows(rows: dict[str, int], seed: int) -> Iterator[bytes]:
         yield format_rows(labels[part], draw_faces(labels[part], rng).reshape(-1, SIDE * SIDE), usages[part])
 
 
-def write_sample(path: Path, rows: dict[str, int], seed: int) -> None:
-    """Write a sample ``fer2013.csv`` with ``rows`` faces per Usage split."""
-    with path.open("wb") as f:
+def write_sample(destination: Path, seed: int, *, rows: dict[str, int]) -> None:
+    """Write a sample ``fer2013.csv`` at ``destination`` with ``rows`` faces per Usage split."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with destination.open("wb") as f:
         for block in iter_sample_rows(rows, seed):
             f.write(block)

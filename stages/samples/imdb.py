@@ -1,10 +1,11 @@
 """The embedded IMDB sample: synthetic movie reviews in the real ``aclImdb`` layout.
 
-Writes ``aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt`` (ratings 1-4 neg,
-7-10 pos, in IMDB's proportions), and ``train/unsup/{id}_0.txt`` when asked, so
-the real parsing code is what runs on it. Reviews mix neutral sentences (plot,
-cast, viewing circumstances; invented names give a long tail of rare words)
-with sentiment units, and the units are built so that word order matters:
+``write_sample`` writes ``aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt``
+(ratings 1-4 neg, 7-10 pos, in IMDB's proportions), and ``train/unsup/{id}_0.txt``
+when asked, so the real parsing code is what runs on it. Reviews mix neutral
+sentences (plot, cast, viewing circumstances; invented names give a long tail
+of rare words) with sentiment units, and the units are built so that word
+order matters:
 
 - plain: "The acting was great." expresses the adjective's polarity;
 - negated: "The acting was not great." expresses the opposite, and a negated
@@ -373,9 +374,18 @@ def review_plan(rng: np.random.Generator, label: str, n: int, label_noise: float
     }
 
 
+def write_sample(destination: Path, seed: int, *, per_class: int, unsup: int = 0, label_noise: float = 0.03) -> None:
+    """Write the ``aclImdb`` folder tree at ``destination``: ``{train,test}/{pos,neg}`` (``per_class``
+    reviews each) and ``unsup`` unlabelled ``train/unsup`` reviews."""
+    _write_tree(destination, seed, per_class, unsup, label_noise)
+
+
 def generate(root: Path, seed: int, per_class: int, *, unsup: int = 0, label_noise: float = 0.03) -> int:
-    """Write ``root/aclImdb/{train,test}/{pos,neg}`` (``per_class`` reviews each) and
-    ``unsup`` unlabelled ``train/unsup`` reviews; return the number of files written."""
+    """``write_sample`` into ``root/aclImdb``; return the number of files written."""
+    return _write_tree(root / "aclImdb", seed, per_class, unsup, label_noise)
+
+
+def _write_tree(tree: Path, seed: int, per_class: int, unsup: int, label_noise: float) -> int:
     written = 0
     for split_index, split in enumerate(("train", "test")):
         # One stream per split: changing the test size leaves the training reviews alone.
@@ -385,7 +395,7 @@ def generate(root: Path, seed: int, per_class: int, *, unsup: int = 0, label_noi
         for label, n in folders:
             if n == 0:
                 continue
-            folder = root / "aclImdb" / split / label
+            folder = tree / split / label
             folder.mkdir(parents=True, exist_ok=True)
             plan = review_plan(rng, label, n, label_noise)
             for i in range(n):
