@@ -169,23 +169,15 @@ def split_reviews(
     return splits
 
 
-class _LocalIds(dict):
-    """token -> local id, a new id for each new token (one dict lookup per token)."""
-
-    def __missing__(self, token: str) -> int:
-        self[token] = index = len(self)
-        return index
-
-
 def tokenize_chunk(task: tuple[list[tuple[str, bool]], int]) -> ChunkTokens:
     """Pool task: read and tokenize ``(path, counts_for_vocab)`` reviews, keeping the
     last ``max_words`` local ids of each (module level, so it pickles by name)."""
     import numpy as np
 
-    from stages.common.text import tokenize
+    from stages.common.text import LocalIds, tokenize
 
     files, max_words = task
-    local = _LocalIds()
+    local = LocalIds()
     ids, lengths, counted = [], [], []
     for path, counts_for_vocab in files:
         try:
@@ -197,7 +189,7 @@ def tokenize_chunk(task: tuple[list[tuple[str, bool]], int]) -> ChunkTokens:
         review = np.fromiter(map(local.__getitem__, tokenize(text)), dtype=np.int32)
         if counts_for_vocab:
             counted.append(review)
-        ids.append(review[-max_words:].tobytes())
+        ids.append(review[-max_words:].tobytes())  # only what text.table_ids keeps travels back
         lengths.append(len(review))
     counts = np.bincount(np.concatenate(counted), minlength=len(local)) if counted else np.zeros(len(local), int)
     return ChunkTokens(list(local), counts.tolist(), ids, lengths)
@@ -234,20 +226,19 @@ def encode_record(ids: list[int], target: int, rating: int, review_id: int) -> b
     )
 
 
-def encode_chunk(task: tuple[bytes, list[tuple[bytes, int, int, int]]]) -> tuple[list[bytes], list[int]]:
-    """Pool task: ``(remap, [(local ids, target, rating, review_id), ...])`` -> the serialized
-    records and each one's number of ``<unk>`` ids; ``remap`` (int32) maps local ids to the
-    vocabulary's."""
+def encode_chunk(task: tuple[bytes, int, list[tuple[bytes, int, int, int]]]) -> tuple[list[bytes], list[int]]:
+    """Pool task: ``(table, max_words, [(local ids, target, rating, review_id), ...])`` -> the
+    serialized records and each one's number of ``<unk>`` ids; ``table`` (int32) maps local ids
+    to the vocabulary's (``text.lookup_table``), and ``text.table_ids`` is predict's id step too."""
     import numpy as np
 
-    from stages.common.text import EOS_ID, UNK_ID
+    from stages.common.text import UNK_ID, table_ids
 
-    remap_bytes, reviews = task
-    remap = np.frombuffer(remap_bytes, dtype=np.int32)
+    table_bytes, max_words, reviews = task
+    table = np.frombuffer(table_bytes, dtype=np.int32)
     records, unknown = [], []
     for local, target, rating, review_id in reviews:
-        ids = remap[np.frombuffer(local, dtype=np.int32)].tolist()
-        ids.append(EOS_ID)
+        ids = table_ids(np.frombuffer(local, dtype=np.int32), table, max_words)
         unknown.append(ids.count(UNK_ID))
         records.append(encode_record(ids, target, rating, review_id))
     return records, unknown
@@ -286,9 +277,8 @@ def tokenize_and_encode(
 
     Returns ``(vocab, records, token counts, unknown counts)``, lists in review order.
     """
-    import numpy as np
 
-    from stages.common.text import UNK_ID, build_vocabulary
+    from stages.common.text import build_vocabulary, lookup_table
 
     starts = range(0, len(reviews), CHUNK_REVIEWS)
     with process_map(p.workers) as pool_map:
@@ -299,10 +289,10 @@ def tokenize_and_encode(
             pool_map(tokenize_chunk, tokenize_tasks), len(reviews), "tokenizing", lambda c: len(c.lengths)
         )
         vocab = build_vocabulary(vocabulary_counts(chunks), p.min_word_frequency)
-        get = vocab.ids.get
         encode_tasks = [
             (
-                np.array([get(t, UNK_ID) for t in chunk.types], dtype=np.int32).tobytes(),
+                lookup_table(chunk.types, vocab).tobytes(),
+                p.max_words,
                 [
                     (ids, r.target, r.rating, r.review_id)
                     for ids, r in zip(chunk.ids, reviews[i : i + CHUNK_REVIEWS], strict=True)

@@ -157,15 +157,6 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
 # --- scoring ---------------------------------------------------------------------------------------
 
 
-def score(trainer, batches) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels (n,), logits (n, 2))`` of every review in ``batches``."""
-    labels, logits = [], []
-    for features, target in batches:
-        logits.append(trainer.predict_step(features).numpy())
-        labels.append(target.numpy())
-    return np.concatenate(labels), np.concatenate(logits)
-
-
 def binary_metrics(labels: np.ndarray, logits: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Accuracy, ROC-AUC and the positive class's precision / recall / F1; also the ROC points (k, 3)."""
     import keras
@@ -250,7 +241,7 @@ def main() -> None:
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
     trainer, history = train_model(p, seed, DATA_DIR, ckpt)
     valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
-    labels, logits = score(trainer, text_batches(DATA_DIR, "test", p.batch_size))
+    labels, logits = trainer.predict_labelled(text_batches(DATA_DIR, "test", p.batch_size))
     test, roc = binary_metrics(labels, logits)
     metrics = {
         "valid_accuracy": valid_accuracy,

@@ -56,6 +56,19 @@ def test_eager_and_compiled_steps_agree() -> None:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_predict_labelled_pairs_every_target_with_its_output_in_order() -> None:
+    x, y = moons(50)
+    trainer = new_trainer()
+    targets, outputs = trainer.predict_labelled(array_batches(x, y, 16, seed=3)(1))  # shuffled, last batch 2
+    assert targets.shape == (50,) and outputs.shape == (50, 2)
+    np.testing.assert_array_equal(np.sort(targets), np.sort(y))
+    by_row = {tuple(row): i for i, row in enumerate(x)}
+    shuffled_x = np.concatenate([xb for xb, _ in array_batches(x, y, 16, seed=3)(1)])
+    order = [by_row[tuple(row)] for row in shuffled_x]
+    np.testing.assert_array_equal(targets, y[order])
+    np.testing.assert_allclose(outputs, trainer.predict([x[order]]), rtol=1e-6, atol=1e-6)
+
+
 def test_early_stopping_restores_the_best_weights() -> None:
     x, y = moons()
     # A learning rate this large makes the loss bounce: the best epoch is not the last.

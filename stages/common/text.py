@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 RESERVED = (PAD, UNK, EOS)  # ids 0, 1, 2, in this order
@@ -130,17 +132,42 @@ def load_vocabulary(path: Path) -> Vocabulary:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def token_ids(tokens: Sequence[str], vocab: Vocabulary, max_words: int = 700) -> list[int]:
-    """Ids of the last ``max_words`` tokens (unknown ones -> ``UNK_ID``), then ``EOS_ID``.
+class LocalIds(dict):
+    """token -> a local id, the next one for each new token, in first-seen order (one dict lookup a token).
+
+    A converter tokenizes before the vocabulary exists: it keeps local ids and maps
+    them to the vocabulary's later through :func:`lookup_table`.
+    """
+
+    def __missing__(self, token: str) -> int:
+        self[token] = index = len(self)
+        return index
+
+
+def lookup_table(types: Iterable[str], vocab: Vocabulary) -> np.ndarray:
+    """The vocabulary id of each token type in order (``UNK_ID`` if absent), int32: local id -> id."""
+    get = vocab.ids.get
+    return np.array([get(t, UNK_ID) for t in types], dtype=np.int32)
+
+
+def table_ids(local_ids: np.ndarray, table: np.ndarray, max_words: int = 700) -> list[int]:
+    """The one id step of TFRecords and predict: the last ``max_words`` local ids, mapped through
+    ``table`` (:func:`lookup_table`), then ``EOS_ID``.
 
     The last words are kept because reviews tend to end with the verdict.
     """
     if max_words < 1:
         raise ValueError(f"max_words must be >= 1 (got {max_words})")
-    get = vocab.ids.get
-    ids = [get(t, UNK_ID) for t in tokens[-max_words:]]
+    ids = table[np.asarray(local_ids, dtype=np.int64)[-max_words:]].tolist()
     ids.append(EOS_ID)
     return ids
+
+
+def token_ids(tokens: Sequence[str], vocab: Vocabulary, max_words: int = 700) -> list[int]:
+    """Ids of the last ``max_words`` tokens (unknown ones -> ``UNK_ID``), then ``EOS_ID``."""
+    local = LocalIds()
+    local_ids = np.fromiter(map(local.__getitem__, tokens), dtype=np.int32, count=len(tokens))
+    return table_ids(local_ids, lookup_table(local, vocab), max_words)
 
 
 def encode(text: str, vocab: Vocabulary, max_words: int = 700) -> list[int]:
@@ -150,8 +177,6 @@ def encode(text: str, vocab: Vocabulary, max_words: int = 700) -> list[int]:
 
 def length_stats(values: Iterable[int]) -> dict[str, float]:
     """min, median, mean, 95th percentile and max of review lengths (in tokens), for the reports."""
-    import numpy as np
-
     array = np.asarray(list(values))
     return {
         "min": array.min(),

@@ -152,18 +152,14 @@ def feature_list(features: Iterable[bytes]) -> bytes:
     return b"".join(_field(_TAG_1, f) for f in features)
 
 
-def int64_feature_list(values: Sequence[int] | np.ndarray) -> bytes:
-    """``feature_list([int64_feature(v) for v in values])``, vectorized for long token lists.
+def _int64_steps_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's serialized FeatureList step as a row of a (n, 16) uint8 matrix, and its size.
 
     Each step is ``FeatureList.feature { int64_list { value: [v] } }``: the
     bytes ``0a (n+4) 1a (n+2) 0a n <varint v>`` with n = len(varint v) <= 10.
     """
-    values = np.asarray(values, dtype=np.int64).ravel()
-    if values.size == 0:
-        return b""
     groups, lengths = _varint_matrix(values)
-    n = len(values)
-    matrix = np.empty((n, 16), dtype=np.uint8)
+    matrix = np.empty((len(values), 16), dtype=np.uint8)
     matrix[:, 0] = 0x0A
     matrix[:, 1] = lengths + 4
     matrix[:, 2] = 0x1A
@@ -171,8 +167,16 @@ def int64_feature_list(values: Sequence[int] | np.ndarray) -> bytes:
     matrix[:, 4] = 0x0A
     matrix[:, 5] = lengths
     matrix[:, 6:] = groups
-    keep = np.arange(16)[None, :] < (lengths[:, None] + 6)
-    return matrix[keep].tobytes()
+    return matrix, lengths + 6
+
+
+def int64_feature_list(values: Sequence[int] | np.ndarray) -> bytes:
+    """``feature_list([int64_feature(v) for v in values])``, vectorized for long token lists."""
+    values = np.asarray(values, dtype=np.int64).ravel()
+    if values.size == 0:
+        return b""
+    matrix, sizes = _int64_steps_matrix(values)
+    return matrix[np.arange(16)[None, :] < sizes[:, None]].tobytes()
 
 
 def int64_steps(start: int, stop: int) -> list[bytes]:
@@ -184,10 +188,8 @@ def int64_steps(start: int, stop: int) -> list[bytes]:
     values = np.arange(start, stop, dtype=np.int64)
     if values.size == 0:
         return []
-    blob = int64_feature_list(values)
-    _, lengths = _varint_matrix(values)
-    ends = np.cumsum(lengths.astype(np.int64) + 6).tolist()  # each step: 6 header bytes + its varint
-    return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+    matrix, sizes = _int64_steps_matrix(values)
+    return [row[:size].tobytes() for row, size in zip(matrix, sizes.tolist(), strict=True)]
 
 
 def sequence_example(context: Mapping[str, bytes], feature_lists: Mapping[str, bytes]) -> bytes:

@@ -161,6 +161,14 @@ class Trainer:
         """Model outputs for every batch of inputs, concatenated."""
         return np.concatenate([self.predict_step(x).numpy() for x in batches], axis=0)
 
+    def predict_labelled(self, batches: Batches) -> tuple[np.ndarray, np.ndarray]:
+        """``(targets, outputs)`` of a split's ``(x, y)`` batches, each concatenated in batch order."""
+        targets, outputs = [], []
+        for x, y in batches:
+            outputs.append(self.predict_step(x).numpy())
+            targets.append(np.asarray(y))
+        return np.concatenate(targets, axis=0), np.concatenate(outputs, axis=0)
+
     def fit(
         self,
         train: Callable[[int], Batches],
