@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -60,7 +59,7 @@ from stages.common.fer2013_csv import (
     format_rows,
     read_rows,
 )
-from stages.common.outputs import atomic_outputs, keep_folder, write_json
+from stages.common.outputs import atomic_outputs, keep_folder, scratch_folder, write_json
 from stages.common.params import Section, UserPath, load_params
 
 log = logging.getLogger(__name__)
@@ -488,13 +487,8 @@ def source_file(p: Fer2013Params, seed: int, scratch: Path) -> tuple[Path, str, 
 
 def main() -> None:
     seed, p = load_params("fer2013", Fer2013Params)
-    OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     # Scratch for the generated sample or an extracted archive of images: the normalized CSV is the output.
-    try:
-        scratch_dir = tempfile.TemporaryDirectory(prefix=".fer2013-input.", dir=OUT_DIR.parent)
-    except OSError as exc:
-        raise StageError(f"{OUT_DIR.parent}: cannot write here: {exc.strerror or exc}") from None
-    with scratch_dir as scratch:
+    with scratch_folder(OUT_DIR.parent, ".fer2013-input.") as scratch:
         source, name, origin = source_file(p, seed, Path(scratch))
         digest = None  # of a folder: known once its images are read
         if not source.is_dir():

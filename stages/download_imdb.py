@@ -38,7 +38,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -355,17 +354,11 @@ def acquire(
 def main() -> None:
     seed, p = load_params("imdb", ImdbParams)
 
-    from stages.common.outputs import atomic_outputs, keep_folder, write_json
+    from stages.common.outputs import atomic_outputs, keep_folder, scratch_folder, write_json
 
     folders = LABELLED + ([UNSUP] if p.include_unsup else [])
-    RAW_DIR.parent.mkdir(parents=True, exist_ok=True)
-    # Scratch space for the generated or extracted tree: beside the outputs (same
-    # file system) and removed whatever happens.
-    try:
-        scratch_dir = tempfile.TemporaryDirectory(prefix=".imdb-input.", dir=RAW_DIR.parent)
-    except OSError as exc:
-        raise StageError(f"{RAW_DIR.parent}: cannot write here: {exc.strerror or exc}") from None
-    with scratch_dir as scratch:
+    # Scratch space for the generated or extracted tree.
+    with scratch_folder(RAW_DIR.parent, ".imdb-input.") as scratch:
         src, source_sha256, archive = acquire(p, seed, folders, Path(scratch))
         with atomic_outputs() as out:
             report = normalize(src, out.directory(RAW_DIR) / "aclImdb", folders, p.on_bad_file, archive)

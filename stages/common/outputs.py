@@ -185,6 +185,18 @@ def atomic_outputs() -> Iterator[Outputs]:
     outputs._commit()
 
 
+def scratch_folder(parent: Path, prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder in ``parent`` (the outputs' file system), removed whatever happens.
+
+    For what a stage generates or extracts before writing its outputs; ``parent`` is created.
+    """
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+    except OSError as exc:
+        raise StageError(f"{parent}: cannot write here: {exc.strerror or exc}") from None
+
+
 def keep_folder(path: Path, note: str) -> None:
     """Create a declared-but-often-empty out folder (downloads, checkpoints) with a README.
 
