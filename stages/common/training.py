@@ -26,12 +26,13 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,36 @@ MetricFactory = Callable[[], keras.metrics.Metric]
 
 def _scope(strategy: tf.distribute.Strategy | None) -> AbstractContextManager[Any]:
     return nullcontext() if strategy is None else strategy.scope()
+
+
+# What a collective raises when a peer died (missed heartbeats), hangs (distribute.timeout_s) or aborted.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+
+
+@contextmanager
+def _cluster_errors(strategy: tf.distribute.Strategy | None, desc: str) -> Iterator[None]:
+    """With a strategy: a failed peer becomes one StageError line (the run can be resumed)."""
+    if strategy is None:
+        yield
+        return
+    try:
+        yield
+    except _PEER_ERRORS as exc:
+        raise _peer_error(desc, exc) from None
+
+
+def _peer_error(desc: str, exc: tf.errors.OpError) -> StageError:
+    message = re.sub(r"\{\{.*?\}\}\s*", "", exc.message or str(exc))
+    lines = [line.strip() for line in message.splitlines() if line.strip()][:2]
+    return StageError(
+        f"{desc}: a worker of the cluster stopped or cannot be reached ({' '.join(lines)[:300]}); "
+        "rerun every worker to resume from the chief's last checkpoint"
+    )
 
 
 class History(list[dict[str, float]]):
@@ -253,7 +284,12 @@ class Trainer:
         for metric in self.eval_metrics.values():
             metric.reset_state()
         if self.strategy is not None:
-            batches = self.distribute(batches)
+            with _cluster_errors(self.strategy, "evaluate"):
+                for x, y in self.distribute(batches):
+                    self.eval_step(x, y)
+                logs = {f"{prefix}loss": float(self.eval_loss.result())}
+                logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
+            return logs
         for x, y in batches:
             self.eval_step(x, y)
         logs = {f"{prefix}loss": float(self.eval_loss.result())}
@@ -358,6 +394,10 @@ class Trainer:
                         int(state.best_epoch.numpy()),
                     )
                     break
+        except _PEER_ERRORS as exc:
+            if self.strategy is None:
+                raise
+            raise _peer_error(desc, exc) from None
         finally:
             bar.close()
             if scratch is not None:
