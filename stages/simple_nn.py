@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.common.cli import run_stage
-from stages.common.distribute import load_distribute, make_strategy
+from stages.common.distribute import is_chief, load_distribute, make_strategy
 from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
@@ -126,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "simple_nn")
+    run_stage(main, "simple_nn", lock=is_chief())  # the other workers of a cluster write nothing

@@ -177,22 +177,6 @@ def _filter_startup_noise() -> None:
     atexit.register(restore)
 
 
-def _secondary_worker() -> bool:
-    """True in a worker of a TF_CONFIG cluster other than its chief: it writes no outputs, so it takes
-    no lock (the chief holds the stage's). stages/common/distribute.py validates TF_CONFIG."""
-    import json
-
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
-        task, cluster = config.get("task", {}), config.get("cluster", {})
-        chief = task.get("type") == "chief" or (
-            task.get("type") == "worker" and task.get("index") == 0 and not cluster.get("chief")
-        )
-        return bool(task) and not chief
-    except (ValueError, AttributeError):
-        return False
-
-
 def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     """Run a stage's ``main`` with logging set up and user errors reported as one line.
 
@@ -207,7 +191,7 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     for logger in ("__main__", "stages"):
         logging.getLogger(logger).setLevel(level)
     try:
-        if lock and not _secondary_worker():
+        if lock:
             variant = sys.argv[1] if len(sys.argv) > 1 and re.fullmatch(r"\w[\w-]*", sys.argv[1]) else None
             _lock(f"{name}@{variant}" if variant else name)
         main()

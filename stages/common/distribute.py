@@ -85,8 +85,15 @@ def cluster_task(environ: dict[str, str] | None = None) -> Task:
 
 
 def is_chief() -> bool:
-    """True in a single process and in the cluster's chief: the one process that writes outputs."""
-    return cluster_task().is_chief
+    """True in a single process and in the cluster's chief: the one process that writes outputs.
+
+    ``run_stage(main, name, lock=is_chief())``: only the chief takes the stage's lock (the
+    others write nothing). A malformed TF_CONFIG counts as chief here; make_strategy reports it.
+    """
+    try:
+        return cluster_task().is_chief
+    except StageError:
+        return True
 
 
 def make_strategy(section: DistributeSection) -> tf.distribute.Strategy | None:
