@@ -241,9 +241,16 @@ class Trainer:
 
     def distribute(self, batches: Batches) -> Any:
         """``batches`` (global batches) as the strategy's distributed dataset: each global batch
-        split record by record, replica ``r`` of ``R`` taking records ``r, r + R, ...``."""
+        split record by record, replica ``r`` of ``R`` taking records ``r, r + R, ...``.
+
+        ``batches`` may also be a function of a ``tf.distribute.InputContext`` that returns this
+        worker's dataset of per-replica batches (the ``input_context`` of stages/common/input_pipelines.py,
+        which reads only this worker's shards): it is given to ``distribute_datasets_from_function`` as it is.
+        """
         strategy = self.strategy
         assert strategy is not None
+        if callable(batches) and not isinstance(batches, tf.data.Dataset):
+            return strategy.distribute_datasets_from_function(batches)
         dataset = _as_dataset(batches)
         replicas = strategy.num_replicas_in_sync
 
