@@ -223,3 +223,26 @@ def test_a_dead_worker_stops_the_chief_and_a_rerun_resumes(moons_project: Path, 
     assert single.returncode == 0, single.stderr
     diff = assert_close(weights(root), weights(reference), WEIGHT_TOLERANCE)
     print(f"chief stopped {stopped_after:.1f} s after worker 1 was killed at epoch ~{epoch}; resumed: {diff:.3g}")
+
+
+def test_distribute_section_defaults_and_errors(tmp_path: Path) -> None:
+    from stages.common.cli import StageError
+    from stages.common.distribute import DistributeSection, load_distribute, make_strategy
+
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\n")
+    assert load_distribute(path) == DistributeSection()  # no section: one process, as before
+    assert make_strategy(DistributeSection()) is None
+    path.write_text("seed: 1\ndistribute: {strategy: gpus}\n")
+    with pytest.raises(StageError, match=r"distribute\.strategy: must be 'none', 'mirrored' or 'multi_worker'"):
+        load_distribute(path)
+    path.write_text("seed: 1\ndistribute: {strategy: mirrored, timeout_s: 0}\n")
+    with pytest.raises(StageError, match=r"distribute\.timeout_s: must be greater than 0"):
+        load_distribute(path)
+
+
+def test_multi_worker_without_tf_config_is_refused(moons_project: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "multi_worker")
+    result = run_stage(root, env={"TF_CONFIG": ""})
+    assert result.returncode == 2, result.stderr
+    assert "TF_CONFIG is not set" in result.stderr and "Traceback" not in result.stderr
