@@ -154,6 +154,8 @@ class Trainer:
             self.train_metrics = {name: make() for name, make in metrics.items()}
             self.eval_metrics = {name: make() for name, make in metrics.items()}
         if strategy is not None:
+            if any(not strategy.extended.variable_created_in_scope(v) for v in self.model.weights):
+                raise ValueError("with a strategy, pass a function that builds the model (called in its scope)")
             self._init_distributed(strategy, run_eagerly)
         elif run_eagerly:
             self.train_step, self.eval_step, self.predict_step = self._train_step, self._eval_step, self._predict_step
