@@ -246,3 +246,20 @@ def test_multi_worker_without_tf_config_is_refused(moons_project: Path, tmp_path
     result = run_stage(root, env={"TF_CONFIG": ""})
     assert result.returncode == 2, result.stderr
     assert "TF_CONFIG is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_built_outside_the_strategy_scope_is_refused() -> None:
+    import keras
+    import tensorflow as tf
+
+    from stages.common.training import Trainer
+
+    strategy = tf.distribute.MirroredStrategy()
+
+    def build() -> keras.Model:
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+
+    with pytest.raises(ValueError, match="a function that builds the model"):
+        Trainer(build(), lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    trainer = Trainer(build, lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    assert all(strategy.extended.variable_created_in_scope(v.value) for v in trainer.model.weights)

@@ -154,7 +154,7 @@ class Trainer:
             self.train_metrics = {name: make() for name, make in metrics.items()}
             self.eval_metrics = {name: make() for name, make in metrics.items()}
         if strategy is not None:
-            if any(not strategy.extended.variable_created_in_scope(v) for v in self.model.weights):
+            if any(not strategy.extended.variable_created_in_scope(v.value) for v in self.model.weights):
                 raise ValueError("with a strategy, pass a function that builds the model (called in its scope)")
             self._init_distributed(strategy, run_eagerly)
         elif run_eagerly:
