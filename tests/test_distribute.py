@@ -263,3 +263,46 @@ def test_a_model_built_outside_the_strategy_scope_is_refused() -> None:
         Trainer(build(), lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
     trainer = Trainer(build, lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
     assert all(strategy.extended.variable_created_in_scope(v.value) for v in trainer.model.weights)
+
+
+def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest_after_a_failure(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "config = json.loads(os.environ['TF_CONFIG'])\n"
+        "index = config['task']['index']\n"
+        "print(json.dumps(config), flush=True)\n"
+        "if index == 1:\n"
+        "    sys.exit(3)\n"
+        "time.sleep(0 if len(sys.argv) < 2 else float(sys.argv[1]))\n"
+    )
+    launcher = [sys.executable, "-m", "stages.apps.launch_workers"]
+    ok = subprocess.run(
+        [*launcher, "-n", "3", "--", sys.executable, str(script)],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert ok.returncode == 3, ok.stderr  # worker 1's status
+    lines = [line.split("{", 1) for line in ok.stdout.splitlines() if "cluster" in line]
+    assert sorted(prefix for prefix, _ in lines) == ["", "worker 1: ", "worker 2: "]
+    configs = [json.loads("{" + rest) for _, rest in lines]
+    assert sorted(c["task"]["index"] for c in configs) == [0, 1, 2]
+    workers = configs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert all(c["cluster"]["worker"] == workers for c in configs)
+
+    started = time.monotonic()
+    hung = subprocess.run(  # worker 0 would sleep for 10 minutes: terminated after the grace period
+        [*launcher, "-n", "2", "--grace", "1", "--", sys.executable, str(script), "600"],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert hung.returncode == 3, hung.stderr
+    assert "worker 1 exited with status 3" in hung.stderr and "terminating" in hung.stderr
+    assert time.monotonic() - started < 30
