@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stages.common.cli import run_stage
+from stages.common.distribute import DistributeSection
 from stages.common.params import read_params_file
 from stages.download_fer2013 import Fer2013Params
 from stages.download_imdb import ImdbParams
@@ -49,6 +50,7 @@ DATA_REPORTS = {
 
 # params.yaml section -> the model its stage validates it with (the defaults to compare against)
 SECTIONS: dict[str, type[BaseModel]] = {
+    "distribute": DistributeSection,
     "toy_data": ToyDataParams,
     "simple_nn": SimpleNNParams,
     "metrics_demo.multiclass": ProblemParams,

@@ -3,6 +3,11 @@
 ``Dense(10, relu) -> Dense(2)``, SGD, full-batch epochs, as the tutorial. Writes
 ``metrics/simple_nn.json``, the loss curve (``plots/simple_nn/history.tsv``), a
 decision-boundary picture and the trained weights.
+
+With ``distribute.strategy`` other than ``none`` (stages/common/distribute.py) the
+same training runs on the local devices or on the workers of ``TF_CONFIG``
+(``python -m stages.apps.launch_workers -n 2 -- python -m stages.simple_nn``);
+only the chief writes outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.common.cli import run_stage
+from stages.common.distribute import is_chief, load_distribute, make_strategy
 from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
@@ -53,28 +59,37 @@ def plot_decision_boundary(model, x, y, path: Path) -> None:
 
 def main() -> None:
     seed, p = load_params("simple_nn", SimpleNNParams)
+    strategy = make_strategy(load_distribute())  # None for `none`; before any other TensorFlow op
 
     import keras
 
     from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.seeding import seed_everything
     from stages.common.tabular import read_tabular
-    from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
+    from stages.common.training import (
+        Trainer,
+        array_batches,
+        checkpoint_dir,
+        clear_checkpoints,
+        strategy_is_chief,
+    )
     from stages.models.dense_net import build_dense_net
 
+    chief = strategy_is_chief(strategy)
     seed_everything(seed)
     data = read_tabular(DATA)
     x, y = data.x, data.y  # tutorial 01 trains on all 100 points
 
-    model = build_dense_net(x.shape[1], [p.hidden_units], 2, name="simple_nn")
     trainer = Trainer(
-        model,
-        keras.optimizers.SGD(learning_rate=p.learning_rate),
+        lambda: build_dense_net(x.shape[1], [p.hidden_units], 2, name="simple_nn"),
+        lambda: keras.optimizers.SGD(learning_rate=p.learning_rate),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
         run_eagerly=p.run_eagerly,
+        strategy=strategy,
     )
-    ckpt = checkpoint_dir(CHECKPOINTS, "simple_nn", p, seed)
+    model = trainer.model
+    ckpt = checkpoint_dir(CHECKPOINTS, "simple_nn", p, seed, prune=chief)
     history = trainer.fit(
         array_batches(x, y, p.batch_size, seed=seed),
         p.epochs,
@@ -91,6 +106,8 @@ def main() -> None:
         final["train_accuracy"],
     )
 
+    if not chief:
+        return  # the chief writes the outputs (and clears the checkpoints)
     with atomic_outputs() as out:
         write_json(
             out.file(METRICS),
@@ -109,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "simple_nn")
+    run_stage(main, "simple_nn", lock=is_chief())  # the other workers of a cluster write nothing

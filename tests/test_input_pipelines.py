@@ -228,3 +228,36 @@ def test_inspect_batches_names_a_damaged_file_and_writes_nothing(inspect_project
     assert last.startswith(f"error: {shard.relative_to(inspect_project)}: truncated file: record ")
     assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1
     assert not (inspect_project / "plots").exists()
+
+
+# --- one part per worker (tf.distribute) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [2, 3])  # 2 shards: by file for 2 workers, by record for 3
+def test_each_worker_reads_its_own_part_of_a_split(data_root: Path, workers: int) -> None:
+    imdb = data_root / "data/tfrecords/imdb"
+    parts = []
+    for index in range(workers):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=workers, input_pipeline_id=index, num_replicas_in_sync=workers
+        )
+        files, record_shard = P.worker_part(P.dataset_files(imdb, "train"), context)
+        assert (record_shard is None) == (workers <= 2)
+        batches = list(P.text_batches(imdb, "train", 4 * workers, metadata=True, input_context=context))
+        assert all(len(y) <= 4 for _, y in batches)  # per replica: the global batch / replicas
+        parts.append([int(i) for x, _ in batches for i in x["review_id"]])
+    ids = [i for part in parts for i in part]
+    assert sorted(ids) == list(range(N_REVIEWS))  # every review once, on one worker
+
+
+def test_images_and_series_by_file_with_per_replica_batches(data_root: Path) -> None:
+    fer, series = data_root / "data/tfrecords/fer2013", data_root / "data/tfrecords/series"
+    sizes = []
+    for index in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2)
+        faces = list(P.image_batches(fer, "train", 32, shuffle_seed=1, input_context=context).as_numpy_iterator())
+        assert all(len(y) <= 16 for _, y in faces)
+        sizes.append(sum(len(y) for _, y in faces))
+        windows = list(P.series_batches(series, "train", 8, input_context=context).as_numpy_iterator())
+        assert windows and all(len(y) <= 4 for _, y in windows)
+    assert sum(sizes) == N_FACES and all(sizes)

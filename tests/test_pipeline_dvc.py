@@ -325,6 +325,7 @@ def test_queued_experiments_show_side_by_side_and_apply(repo: Path) -> None:
 
 
 MODEL_SECTIONS = (
+    "distribute",
     "simple_nn",
     "metrics_demo.multiclass",
     "metrics_demo.imbalanced",

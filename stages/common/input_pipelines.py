@@ -23,6 +23,14 @@ size and mtime; later epochs slice them (``from_tensor_slices``) in the same
 shuffled order. Decoding PNGs (~30 µs a face) would otherwise bound every
 epoch at a few 10,000 faces/s on two cores. Both paths give the same batches.
 
+**Several workers** (``tf.distribute``, stages/common/distribute.py): pass the
+``tf.distribute.InputContext`` that ``distribute_datasets_from_function`` gives
+as ``input_context``, and each worker reads its part of the split and batches
+per replica (``batch_size`` stays the global batch size): whole shards (worker
+``i`` of ``n`` the shards ``i, i + n, ...``) when the split has at least as many
+shards as workers, otherwise every ``n``-th record. Without it (the default)
+nothing changes.
+
 **Integrity.** The shards are checked (framing and CRCs, in C; once per file
 version) before a dataset is built, so a damaged or truncated file stops the
 stage with one line naming it before any work; :func:`naming_damaged_file`
@@ -65,6 +73,7 @@ MAX_CACHED_SPLITS = 8
 __all__ = [
     "count_records",
     "dataset_files",
+    "worker_part",
     "image_batches",
     "naming_damaged_file",
     "read_spec",
@@ -200,6 +209,34 @@ def records(files: Sequence[Path], order: np.ndarray | None = None, block: int |
     return dataset.batch(max(1, block)).enumerate().map(reorder).unbatch()
 
 
+def worker_part(
+    files: Sequence[Path], input_context: tf.distribute.InputContext | None
+) -> tuple[list[Path], tuple[int, int] | None]:
+    """This worker's part of a split: ``(its files, None)`` when there are at least as many files as
+    workers (worker ``i`` of ``n`` reads files ``i, i + n, ...``), else ``(all files, (n, i))``: every
+    ``n``-th record, from record ``i`` (``Dataset.shard(n, i)``)."""
+    if input_context is None or input_context.num_input_pipelines <= 1:
+        return list(files), None
+    workers, index = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(files) >= workers:
+        return list(files)[index::workers], None
+    return list(files), (workers, index)
+
+
+def _worker_batches(
+    dataset: tf.data.Dataset,
+    record_shard: tuple[int, int] | None,
+    batch_size: int,
+    input_context: tf.distribute.InputContext | None,
+) -> tuple[tf.data.Dataset, int]:
+    """``dataset`` sharded by record if ``record_shard``, and the batch size per replica."""
+    if record_shard is not None:
+        dataset = dataset.shard(*record_shard)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    return dataset, batch_size
+
+
 def _order(files: Sequence[Path], shuffle_seed: int | None, epoch: int, block: int | None) -> np.ndarray | None:
     """This epoch's :func:`shuffle_order` over ``files``; ``None`` (file order) without a seed."""
     return None if shuffle_seed is None else shuffle_order(count_records(files), shuffle_seed, epoch, block)
@@ -263,11 +300,12 @@ def image_batches(
     shuffle_buffer: int | None = None,
     drop_remainder: bool = False,
     cache: bool = True,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """FER2013 batches: ``(images float32 (b, H, W, 1) in [0, 1], labels int64 (b,))``."""
     spec = read_spec(Path(data_dir))
     shape = [int(n) for n in spec.get("image_shape", [48, 48, 1])]
-    files = dataset_files(data_dir, split)
+    files, record_shard = worker_part(dataset_files(data_dir, split), input_context)
     features = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
     image_spec = tf.TensorSpec(shape, tf.uint8)
 
@@ -284,6 +322,8 @@ def image_batches(
     dataset = _examples(
         files, parse_faces, shuffle_seed=shuffle_seed, epoch=epoch, shuffle_buffer=shuffle_buffer, cache=cache
     )
+    if input_context is not None:
+        dataset, batch_size = _worker_batches(dataset, record_shard, batch_size, input_context)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     # uint8 -> float32 per batch, not per face: one vectorized op.
     dataset = dataset.map(
@@ -309,6 +349,7 @@ def series_batches(
     metadata: bool = False,
     calendar: bool = False,
     cache: bool = True,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Load windows: ``(inputs (b, look_back, 24), target (b, 24))``, both scaled float32.
 
@@ -324,7 +365,7 @@ def series_batches(
     n_calendar = len(spec.get("calendar", {}).get("features", []))
     if calendar and not n_calendar:
         raise StageError(f"{Path(data_dir) / 'spec.json'}: no calendar features (re-run tfrecords_series)")
-    files = dataset_files(data_dir, split)
+    files, record_shard = worker_part(dataset_files(data_dir, split), input_context)
     window, day = [look_back * hours], [hours]
     features = {
         "inputs": tf.io.FixedLenFeature(window, tf.float32),
@@ -363,6 +404,8 @@ def series_batches(
         cache=cache,
         select=split_label,
     )
+    if input_context is not None:
+        dataset, batch_size = _worker_batches(dataset, record_shard, batch_size, input_context)
     return _finish(dataset.batch(batch_size, drop_remainder=drop_remainder))
 
 
@@ -380,6 +423,7 @@ def text_batches(
     bucket_boundaries: Sequence[int] | None = None,
     drop_remainder: bool = False,
     metadata: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """IMDB batches: ``({"token_indexes" (b, T), "sequence_length" (b,)}, target (b,))``, all int64.
 
@@ -389,7 +433,7 @@ def text_batches(
     less padding, a different batch composition. With ``metadata`` the
     features also hold ``rating`` and ``review_id``.
     """
-    files = dataset_files(data_dir, split)
+    files, record_shard = worker_part(dataset_files(data_dir, split), input_context)
     context = {
         name: tf.io.FixedLenFeature([], tf.int64) for name in ("sequence_length", "target", "rating", "review_id")
     }
@@ -404,6 +448,8 @@ def text_batches(
 
     order = _order(files, shuffle_seed, epoch, shuffle_buffer)
     dataset = records(files, order, shuffle_buffer).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if input_context is not None:
+        dataset, batch_size = _worker_batches(dataset, record_shard, batch_size, input_context)
     if bucket_boundaries:
         boundaries = sorted({int(b) for b in bucket_boundaries})
         dataset = dataset.bucket_by_sequence_length(

@@ -6,6 +6,18 @@ compiled with ``tf.function`` unless ``run_eagerly`` is set (for debugging with
 print/pdb). Around it, ``fit`` adds what a real run needs: per-epoch metrics,
 early stopping that restores the best weights, checkpoints that let an
 interrupted run resume where it stopped, and a progress bar.
+
+**Distributed** (``strategy``, see stages/common/distribute.py): the model,
+optimizer and metrics are created under the strategy's scope, the same step
+runs on every replica with ``strategy.run`` (each replica's summed loss divided
+by the step's global batch size, so the replicas' gradients add up to the
+gradient of the global batch's mean loss), and every global batch is split
+record by record among the replicas (replica ``r`` of ``R`` gets records
+``r, r + R, ...``), so a step sees exactly the batch one process would have
+seen. Metrics are summed over the replicas; every worker logs the same values.
+Only the chief writes checkpoints; the other workers save to temporary folders
+they remove, and all of them resume from the chief's. Without a strategy
+(``None``, the default) none of this runs: the original code path, op for op.
 """
 
 from __future__ import annotations
@@ -14,10 +26,13 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +49,40 @@ log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[Any, Any]]
 MetricFactory = Callable[[], keras.metrics.Metric]
+
+
+def _scope(strategy: tf.distribute.Strategy | None) -> AbstractContextManager[Any]:
+    return nullcontext() if strategy is None else strategy.scope()
+
+
+# What a collective raises when a peer died (missed heartbeats), hangs (distribute.timeout_s) or aborted.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+)
+
+
+@contextmanager
+def _cluster_errors(strategy: tf.distribute.Strategy | None, desc: str) -> Iterator[None]:
+    """With a strategy: a failed peer becomes one StageError line (the run can be resumed)."""
+    if strategy is None:
+        yield
+        return
+    try:
+        yield
+    except _PEER_ERRORS as exc:
+        raise _peer_error(desc, exc) from None
+
+
+def _peer_error(desc: str, exc: tf.errors.OpError) -> StageError:
+    message = re.sub(r"\{\{.*?\}\}\s*", "", exc.message or str(exc))
+    lines = [line.strip() for line in message.splitlines() if line.strip()][:2]
+    return StageError(
+        f"{desc}: a worker of the cluster stopped or cannot be reached ({' '.join(lines)[:300]}); "
+        "rerun every worker to resume from the chief's last checkpoint"
+    )
 
 
 class History(list[dict[str, float]]):
@@ -85,21 +134,30 @@ class Trainer:
 
     def __init__(
         self,
-        model: keras.Model,
-        optimizer: keras.optimizers.Optimizer,
+        model: keras.Model | Callable[[], keras.Model],
+        optimizer: keras.optimizers.Optimizer | Callable[[], keras.optimizers.Optimizer],
         loss: keras.losses.Loss,
         metrics: Mapping[str, MetricFactory] | None = None,
         run_eagerly: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.loss = loss
-        metrics = dict(metrics or {})
-        self.train_loss = keras.metrics.Mean(name="loss")
-        self.eval_loss = keras.metrics.Mean(name="val_loss")
-        self.train_metrics = {name: make() for name, make in metrics.items()}
-        self.eval_metrics = {name: make() for name, make in metrics.items()}
-        if run_eagerly:
+        """``model`` and ``optimizer`` are objects, or functions that make them: with a ``strategy``
+        they must be functions (or objects made under ``strategy.scope()``), called here in its scope."""
+        self.strategy = strategy
+        with _scope(strategy):
+            self.model = model if isinstance(model, keras.Model) else model()
+            self.optimizer = optimizer if isinstance(optimizer, keras.optimizers.Optimizer) else optimizer()
+            self.loss = loss
+            metrics = dict(metrics or {})
+            self.train_loss = keras.metrics.Mean(name="loss")
+            self.eval_loss = keras.metrics.Mean(name="val_loss")
+            self.train_metrics = {name: make() for name, make in metrics.items()}
+            self.eval_metrics = {name: make() for name, make in metrics.items()}
+        if strategy is not None:
+            if any(not strategy.extended.variable_created_in_scope(v.value) for v in self.model.weights):
+                raise ValueError("with a strategy, pass a function that builds the model (called in its scope)")
+            self._init_distributed(strategy, run_eagerly)
+        elif run_eagerly:
             self.train_step, self.eval_step, self.predict_step = self._train_step, self._eval_step, self._predict_step
         else:
             # reduce_retracing: the last, smaller batch of an epoch must not trace a new graph each time.
@@ -133,6 +191,87 @@ class Trainer:
     def _predict_step(self, x: Any) -> tf.Tensor:
         return self.model(x, training=False)
 
+    # -- the same steps on every replica of a strategy ---------------------------------------
+
+    def _init_distributed(self, strategy: tf.distribute.Strategy, run_eagerly: bool) -> None:
+        # The loss summed over a replica's examples; divided by the step's global batch size below.
+        self._sum_loss = type(self.loss).from_config({**self.loss.get_config(), "reduction": "sum"})
+
+        def train_step(x: Any, y: Any) -> tf.Tensor:
+            per_replica = strategy.run(self._replica_train_step, args=(x, y))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        def eval_step(x: Any, y: Any) -> None:
+            strategy.run(self._replica_eval_step, args=(x, y))
+
+        if run_eagerly:
+            self.train_step, self.eval_step = train_step, eval_step
+        else:
+            self.train_step = tf.function(train_step, reduce_retracing=True)
+            self.eval_step = tf.function(eval_step, reduce_retracing=True)
+        # predict: the weights are mirrored, so each process predicts on its own (no collectives).
+        self.predict_step = self._predict_step
+        if not run_eagerly:
+            self.predict_step = tf.function(self._predict_step, reduce_retracing=True)
+
+    def _replica_train_step(self, x: Any, y: tf.Tensor) -> tf.Tensor:
+        """``_train_step`` on one replica's part of the global batch (which may be empty)."""
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            predictions = self.model(x, training=True)
+            summed = self._sum_loss(y, predictions)
+            count = tf.cast(tf.shape(y)[0], summed.dtype)
+            global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            loss = summed / global_count  # summed over the replicas: the global batch's mean
+            regularization = tf.add_n(self.model.losses) if self.model.losses else tf.zeros_like(loss)
+            loss = loss + tf.nn.scale_regularization_loss(regularization)
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables, strict=True))
+        # The replica's mean loss weighted by its size: the metric's global mean is the batch's loss.
+        self.train_loss.update_state(tf.math.divide_no_nan(summed, count) + regularization, sample_weight=count)
+        for metric in self.train_metrics.values():
+            metric.update_state(y, predictions)
+        return loss
+
+    def _replica_eval_step(self, x: Any, y: tf.Tensor) -> None:
+        predictions = self.model(x, training=False)
+        summed = self._sum_loss(y, predictions)
+        count = tf.cast(tf.shape(y)[0], summed.dtype)
+        self.eval_loss.update_state(tf.math.divide_no_nan(summed, count), sample_weight=count)
+        for metric in self.eval_metrics.values():
+            metric.update_state(y, predictions)
+
+    def distribute(self, batches: Batches) -> Any:
+        """``batches`` (global batches) as the strategy's distributed dataset: each global batch
+        split record by record, replica ``r`` of ``R`` taking records ``r, r + R, ...``.
+
+        ``batches`` may also be a function of a ``tf.distribute.InputContext`` that returns this
+        worker's dataset of per-replica batches (the ``input_context`` of stages/common/input_pipelines.py,
+        which reads only this worker's shards): it is given to ``distribute_datasets_from_function`` as it is.
+        """
+        strategy = self.strategy
+        assert strategy is not None
+        if callable(batches) and not isinstance(batches, tf.data.Dataset):
+            return strategy.distribute_datasets_from_function(batches)
+        dataset = _as_dataset(batches)
+        replicas = strategy.num_replicas_in_sync
+
+        def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            local = replicas // context.num_input_pipelines
+            first = context.input_pipeline_id * local
+
+            def part(batch: Any, replica: Any) -> Any:
+                return tf.nest.map_structure(lambda t: t[replica::replicas], batch)
+
+            if local == 1:
+                return dataset.map(lambda *batch: part(batch, first))
+            # Several replicas on this worker take consecutive elements, one each.
+            return dataset.flat_map(
+                lambda *batch: tf.data.Dataset.range(first, first + local).map(lambda r: part(batch, r))
+            )
+
+        return strategy.distribute_datasets_from_function(per_worker)
+
     # -- loops around the steps ------------------------------------------------------------
 
     def train_epoch(self, batches: Batches) -> dict[str, float]:
@@ -140,6 +279,8 @@ class Trainer:
         self.train_loss.reset_state()
         for metric in self.train_metrics.values():
             metric.reset_state()
+        if self.strategy is not None:
+            batches = self.distribute(batches)
         for x, y in batches:
             self.train_step(x, y)
         logs = {"loss": float(self.train_loss.result())}
@@ -151,6 +292,13 @@ class Trainer:
         self.eval_loss.reset_state()
         for metric in self.eval_metrics.values():
             metric.reset_state()
+        if self.strategy is not None:
+            with _cluster_errors(self.strategy, "evaluate"):
+                for x, y in self.distribute(batches):
+                    self.eval_step(x, y)
+                logs = {f"{prefix}loss": float(self.eval_loss.result())}
+                logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
+            return logs
         for x, y in batches:
             self.eval_step(x, y)
         logs = {f"{prefix}loss": float(self.eval_loss.result())}
@@ -189,9 +337,18 @@ class Trainer:
         """
         state = _FitState(self, early_stopping)
         manager = None
+        save_dir = checkpoint_dir
+        scratch = None  # a worker other than the chief saves here, and removes it
         if checkpoint_dir is not None:
-            manager = tf.train.CheckpointManager(state.checkpoint, str(checkpoint_dir), max_to_keep=1)
-            state.restore(manager, checkpoint_dir)
+            if self.strategy is None:
+                manager = tf.train.CheckpointManager(state.checkpoint, str(checkpoint_dir), max_to_keep=1)
+                state.restore(manager.latest_checkpoint, checkpoint_dir)
+            else:
+                if not strategy_is_chief(self.strategy):
+                    save_dir = scratch = Path(tempfile.mkdtemp(prefix="eager-pipeline-worker-checkpoints-"))
+                manager = tf.train.CheckpointManager(state.checkpoint, str(save_dir), max_to_keep=1)
+                # Every worker resumes from the chief's checkpoint (on several hosts: a shared folder).
+                state.restore(tf.train.latest_checkpoint(str(checkpoint_dir)), checkpoint_dir)
 
         start = int(state.epoch.numpy())
         bar = tqdm(
@@ -228,11 +385,11 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
                 if bar.disable and ((epoch + 1) % log_every == 0 or stop):
                     log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
-                if manager is not None and (
+                if manager is not None and self._all_save(
                     bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s
                 ):
-                    assert checkpoint_dir is not None  # there is a manager only with a checkpoint_dir
-                    state.save(manager, checkpoint_dir)
+                    assert save_dir is not None  # there is a manager only with a checkpoint_dir
+                    state.save(manager, save_dir)
                     last_save = time.monotonic()
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, logs)
@@ -246,14 +403,53 @@ class Trainer:
                         int(state.best_epoch.numpy()),
                     )
                     break
+        except _PEER_ERRORS as exc:
+            if self.strategy is None:
+                raise
+            raise _peer_error(desc, exc) from None
         finally:
             bar.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
         state.finished.assign(True)
         state.restore_best_weights()
         history = state.history
         best = int(state.best_epoch.numpy())
         history.best_epoch = best if early_stopping is not None and best > 0 else len(history)
         return history
+
+    def _all_save(self, wanted: bool) -> bool:
+        """Whether to save a checkpoint now: with a strategy, every worker saves when any wants to
+        (their clocks differ), so they all take part in the same saves."""
+        if self.strategy is None:
+            return wanted
+        strategy = self.strategy
+        votes = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(float(wanted)))
+        return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+
+
+def strategy_is_chief(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether this process writes outputs under ``strategy``: always, but in a multi-worker cluster
+    only the chief (task ``chief``, or ``worker`` 0 when the cluster has none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
+
+
+def _as_dataset(batches: Batches) -> tf.data.Dataset:
+    """``batches`` as a tf.data.Dataset (a list of batches, or a dataset as it is)."""
+    if isinstance(batches, tf.data.Dataset):
+        return batches
+    items = [tuple(batch) for batch in batches]
+    if not items:
+        raise ValueError("no batches")
+    dataset = tf.data.Dataset.from_tensors(items[0])
+    for item in items[1:]:
+        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(item))
+    return dataset
 
 
 def _format(logs: Mapping[str, float]) -> str:
@@ -268,7 +464,8 @@ class _FitState:
         if not model.built:
             raise ValueError("build the model (e.g. with keras.Input) before training")
         # Optimizer slots are created lazily; build them now so a restore has a target.
-        trainer.optimizer.build(model.trainable_variables)
+        with _scope(trainer.strategy):
+            trainer.optimizer.build(model.trainable_variables)
         self.model = model
         self.early_stopping = early_stopping
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -325,22 +522,23 @@ class _FitState:
         tmp.write_text(json.dumps(clean_float(self.history)), encoding="utf-8")
         tmp.replace(directory / "history.json")
 
-    def restore(self, manager: tf.train.CheckpointManager, directory: Path) -> None:
-        if manager.latest_checkpoint is None:
+    def restore(self, latest: str | None, directory: Path) -> None:
+        if latest is None:
             return
-        self.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
         history_file = directory / "history.json"
         history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.exists() else []
         self.history = History(history[: int(self.epoch.numpy())])
-        log.info("resumed from %s at epoch %d", manager.latest_checkpoint, int(self.epoch.numpy()))
+        log.info("resumed from %s at epoch %d", latest, int(self.epoch.numpy()))
 
 
-def checkpoint_dir(root: Path | str, stage: str, params: Any, seed: int) -> Path:
+def checkpoint_dir(root: Path | str, stage: str, params: Any, seed: int, prune: bool = True) -> Path:
     """The resumable-checkpoint folder of one run: ``root/stage/<key>``.
 
     The key hashes the stage name, its params, the seed and the source of every
     ``stages`` module loaded, so a checkpoint is only ever resumed by the very
-    run that wrote it. Folders of other keys are stale and removed.
+    run that wrote it. Folders of other keys are stale and removed (unless ``prune`` is
+    False: a worker other than the chief only reads the chief's folder).
     """
     stage_root = Path(root) / stage
     digest = hashlib.sha256()
@@ -351,7 +549,7 @@ def checkpoint_dir(root: Path | str, stage: str, params: Any, seed: int) -> Path
         digest.update(file.relative_to(package_dir).as_posix().encode())
         digest.update(file.read_bytes())
     key = digest.hexdigest()[:16]
-    if stage_root.is_dir():
+    if prune and stage_root.is_dir():
         for other in stage_root.iterdir():
             if other.name not in (key, "README.txt"):
                 _rmtree(other)

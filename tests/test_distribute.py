@@ -1,0 +1,308 @@
+"""simple_nn on tf.distribute: two local workers (real processes, real TF_CONFIG, free ports on
+127.0.0.1), the mirrored strategy on one CPU, a worker that dies, and the resume after it.
+
+Tolerance: two workers sum the halves' gradients in another order than one process sums the
+whole batch's, so their weights differ in the last bits (measured: 1.2e-7 after 20 epochs);
+WEIGHT_TOLERANCE allows 100 times that. The mirrored strategy on one device runs the very same
+ops: its weights equal those of `none` exactly (checked exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import copy_project, project_files, stage_env
+from stages.apps.launch_workers import free_ports, tf_configs
+
+WEIGHT_TOLERANCE = 1e-5
+EPOCHS = 10
+TIMEOUT_S = 120  # any one command of these tests
+
+
+@pytest.fixture(scope="module")
+def moons_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params.yaml, the stages and data/toy (from the toy_data stage), copied fresh by each test."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    root = copy_project(tmp_path_factory.mktemp("distribute") / "template", files)
+    subprocess.run([sys.executable, "-m", "stages.toy_data"], cwd=root, env=stage_env(), check=True, timeout=TIMEOUT_S)
+    return root
+
+
+def project(template: Path, dest: Path, strategy: str, **simple_nn: object) -> Path:
+    """A copy of ``template`` with ``distribute.strategy`` and the ``simple_nn`` params set."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    dest.mkdir(parents=True)
+    for name in [*files, *(p.relative_to(template).as_posix() for p in (template / "data").rglob("*") if p.is_file())]:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes((template / name).read_bytes())
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["distribute"] = {**params.get("distribute", {}), "strategy": strategy, "timeout_s": 10.0}
+    params["simple_nn"] = {**params["simple_nn"], "epochs": EPOCHS, **simple_nn}
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
+def files_of(root: Path) -> set[str]:
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and ".git" not in p.parts
+    }
+
+
+def weights(root: Path) -> list[np.ndarray]:
+    import h5py  # type: ignore[import-untyped]
+
+    found: list[tuple[str, np.ndarray]] = []
+    with h5py.File(root / "models/simple_nn/model.weights.h5", "r") as file:
+        file.visititems(lambda name, obj: found.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
+    return [array for _, array in sorted(found, key=lambda item: item[0])]
+
+
+def run_stage(root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stages.simple_nn"],
+        cwd=root,
+        env={**stage_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def start_worker(root: Path, config: str, tmpdir: Path, log: Path) -> subprocess.Popen:
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    env = {**stage_env(), "TF_CONFIG": config, "TMPDIR": str(tmpdir)}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stages.simple_nn"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float = TIMEOUT_S) -> list[int]:
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def assert_close(a: list[np.ndarray], b: list[np.ndarray], tolerance: float) -> float:
+    assert [x.shape for x in a] == [y.shape for y in b]
+    diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+    assert diff <= tolerance, f"weights differ by {diff} > {tolerance}"
+    return diff
+
+
+@pytest.fixture(scope="module")
+def single(moons_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """simple_nn trained by one process (strategy none): the reference."""
+    root = project(moons_project, tmp_path_factory.mktemp("single") / "p", "none")
+    result = run_stage(root)
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_mirrored_on_one_device_equals_none(moons_project: Path, single: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "mirrored")
+    result = run_stage(root)
+    assert result.returncode == 0, result.stderr
+    assert_close(weights(root), weights(single), 0.0)
+    assert json.loads((root / "metrics/simple_nn.json").read_text()) == json.loads(
+        (single / "metrics/simple_nn.json").read_text()
+    )
+
+
+def test_two_workers_match_one_and_only_the_chief_writes(moons_project: Path, single: Path, tmp_path: Path) -> None:
+    # Each worker in its own copy of the workspace (as on two hosts), so that what each wrote shows.
+    chief, other = (project(moons_project, tmp_path / name, "multi_worker") for name in ("chief", "other"))
+    before = files_of(other)
+    configs = tf_configs(free_ports(2))
+    logs = [tmp_path / "chief.log", tmp_path / "other.log"]
+    started = time.monotonic()
+    processes = [
+        start_worker(chief, configs[0], tmp_path / "tmp0", logs[0]),
+        start_worker(other, configs[1], tmp_path / "tmp1", logs[1]),
+    ]
+    codes = wait_all(processes)
+    elapsed = time.monotonic() - started
+    assert codes == [0, 0], [log.read_text()[-3000:] for log in logs]
+    diff = assert_close(weights(chief), weights(single), WEIGHT_TOLERANCE)
+    print(f"two workers: {elapsed:.1f} s, weights within {diff:.3g} of one process's")
+    metrics = json.loads((chief / "metrics/simple_nn.json").read_text())
+    reference = json.loads((single / "metrics/simple_nn.json").read_text())
+    assert metrics["epochs"] == reference["epochs"] == EPOCHS
+    assert metrics["train_accuracy"] == reference["train_accuracy"]
+    assert abs(metrics["train_loss"] - reference["train_loss"]) <= 1e-5
+    # The chief wrote what one process writes; the other worker nothing, and removed its temporary folders.
+    assert files_of(chief) - before == files_of(single) - before
+    assert files_of(other) == before
+    assert not any((tmp_path / "tmp1").iterdir()), list((tmp_path / "tmp1").iterdir())
+    assert elapsed < 90, elapsed
+
+
+def test_launcher_runs_two_workers(moons_project: Path, single: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "multi_worker")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.apps.launch_workers", "-n", "2", "--", sys.executable, "-m", "stages.simple_nn"],
+        cwd=root,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "worker 1: simple_nn: epoch 1 loss" in result.stderr
+    assert_close(weights(root), weights(single), WEIGHT_TOLERANCE)
+
+
+def test_none_under_a_cluster_is_refused(moons_project: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "none")
+    result = run_stage(root, env={"TF_CONFIG": tf_configs(free_ports(2))[0]})
+    assert result.returncode == 2, result.stderr
+    assert "distribute.strategy is none" in result.stderr
+    assert not (root / "metrics").exists()
+
+
+def test_a_dead_worker_stops_the_chief_and_a_rerun_resumes(moons_project: Path, tmp_path: Path) -> None:
+    epochs = 60
+    root = project(moons_project, tmp_path / "p", "multi_worker", epochs=epochs, checkpoint_every_s=0.0)
+    configs = tf_configs(free_ports(2))
+    logs = [tmp_path / "w0.log", tmp_path / "w1.log"]
+    chief = start_worker(root, configs[0], tmp_path / "tmp0", logs[0])
+    other = start_worker(root, configs[1], tmp_path / "tmp1", logs[1])
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not list((root / "checkpoints/simple_nn").glob("*/checkpoint")):
+            assert time.monotonic() < deadline and chief.poll() is None, logs[0].read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(0.5)  # a few more epochs
+        other.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = chief.wait(timeout=60)
+        stopped_after = time.monotonic() - killed
+    finally:
+        wait_all([chief, other], timeout=1)
+    text = logs[0].read_text()
+    assert code == 2, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "worker" in errors[0], text[-3000:]
+    assert stopped_after < 40, stopped_after
+    assert not (root / "metrics/simple_nn.json").exists()
+    (saved,) = (root / "checkpoints/simple_nn").glob("*/checkpoint")
+    epoch = int(saved.read_text().split('"')[1].rsplit("-", 1)[1])
+    assert 0 < epoch < epochs
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.apps.launch_workers", "-n", "2", "--", sys.executable, "-m", "stages.simple_nn"],
+        cwd=root,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr and "worker 1: simple_nn: resumed from" in result.stderr
+    assert json.loads((root / "metrics/simple_nn.json").read_text())["epochs"] == epochs
+    assert not list((root / "checkpoints/simple_nn").glob("*/checkpoint"))
+    # The interrupted and resumed run ends where one uninterrupted process does.
+    reference = project(moons_project, tmp_path / "reference", "none", epochs=epochs, checkpoint_every_s=0.0)
+    single = run_stage(reference)
+    assert single.returncode == 0, single.stderr
+    diff = assert_close(weights(root), weights(reference), WEIGHT_TOLERANCE)
+    print(f"chief stopped {stopped_after:.1f} s after worker 1 was killed at epoch ~{epoch}; resumed: {diff:.3g}")
+
+
+def test_distribute_section_defaults_and_errors(tmp_path: Path) -> None:
+    from stages.common.cli import StageError
+    from stages.common.distribute import DistributeSection, load_distribute, make_strategy
+
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\n")
+    assert load_distribute(path) == DistributeSection()  # no section: one process, as before
+    assert make_strategy(DistributeSection()) is None
+    path.write_text("seed: 1\ndistribute: {strategy: gpus}\n")
+    with pytest.raises(StageError, match=r"distribute\.strategy: must be 'none', 'mirrored' or 'multi_worker'"):
+        load_distribute(path)
+    path.write_text("seed: 1\ndistribute: {strategy: mirrored, timeout_s: 0}\n")
+    with pytest.raises(StageError, match=r"distribute\.timeout_s: must be greater than 0"):
+        load_distribute(path)
+
+
+def test_multi_worker_without_tf_config_is_refused(moons_project: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "multi_worker")
+    result = run_stage(root, env={"TF_CONFIG": ""})
+    assert result.returncode == 2, result.stderr
+    assert "TF_CONFIG is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_model_built_outside_the_strategy_scope_is_refused() -> None:
+    import keras
+    import tensorflow as tf
+
+    from stages.common.training import Trainer
+
+    strategy = tf.distribute.MirroredStrategy()
+
+    def build() -> keras.Model:
+        return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+
+    with pytest.raises(ValueError, match="a function that builds the model"):
+        Trainer(build(), lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    trainer = Trainer(build, lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    assert all(strategy.extended.variable_created_in_scope(v.value) for v in trainer.model.weights)
+
+
+def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest_after_a_failure(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "config = json.loads(os.environ['TF_CONFIG'])\n"
+        "index = config['task']['index']\n"
+        "print(json.dumps(config), flush=True)\n"
+        "if index == 1:\n"
+        "    sys.exit(3)\n"
+        "time.sleep(0 if len(sys.argv) < 2 else float(sys.argv[1]))\n"
+    )
+    launcher = [sys.executable, "-m", "stages.apps.launch_workers"]
+    ok = subprocess.run(
+        [*launcher, "-n", "3", "--", sys.executable, str(script)],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert ok.returncode == 3, ok.stderr  # worker 1's status
+    lines = [line.split("{", 1) for line in ok.stdout.splitlines() if "cluster" in line]
+    assert sorted(prefix for prefix, _ in lines) == ["", "worker 1: ", "worker 2: "]
+    configs = [json.loads("{" + rest) for _, rest in lines]
+    assert sorted(c["task"]["index"] for c in configs) == [0, 1, 2]
+    workers = configs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert all(c["cluster"]["worker"] == workers for c in configs)
+
+    started = time.monotonic()
+    hung = subprocess.run(  # worker 0 would sleep for 10 minutes: terminated after the grace period
+        [*launcher, "-n", "2", "--grace", "1", "--", sys.executable, str(script), "600"],
+        cwd=tmp_path,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert hung.returncode == 3, hung.stderr
+    assert "worker 1 exited with status 3" in hung.stderr and "terminating" in hung.stderr
+    assert time.monotonic() - started < 30
