@@ -153,9 +153,9 @@ def test_two_workers_match_one_and_only_the_chief_writes(moons_project: Path, si
     assert elapsed < 90, elapsed
 
 
-def test_launcher_runs_two_workers(moons_project: Path, single: Path, tmp_path: Path) -> None:
-    root = project(moons_project, tmp_path / "p", "multi_worker")
-    result = subprocess.run(
+def launch_two_workers(root: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m stages.apps.launch_workers -n 2 -- python -m stages.simple_nn`` in ``root``."""
+    return subprocess.run(
         [sys.executable, "-m", "stages.apps.launch_workers", "-n", "2", "--", sys.executable, "-m", "stages.simple_nn"],
         cwd=root,
         env=stage_env(),
@@ -163,6 +163,11 @@ def test_launcher_runs_two_workers(moons_project: Path, single: Path, tmp_path: 
         text=True,
         timeout=TIMEOUT_S,
     )
+
+
+def test_launcher_runs_two_workers(moons_project: Path, single: Path, tmp_path: Path) -> None:
+    root = project(moons_project, tmp_path / "p", "multi_worker")
+    result = launch_two_workers(root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "worker 1: simple_nn: epoch 1 loss" in result.stderr
     assert_close(weights(root), weights(single), WEIGHT_TOLERANCE)
@@ -205,14 +210,7 @@ def test_a_dead_worker_stops_the_chief_and_a_rerun_resumes(moons_project: Path, 
     epoch = int(saved.read_text().split('"')[1].rsplit("-", 1)[1])
     assert 0 < epoch < epochs
 
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.apps.launch_workers", "-n", "2", "--", sys.executable, "-m", "stages.simple_nn"],
-        cwd=root,
-        env=stage_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    result = launch_two_workers(root)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stderr and "worker 1: simple_nn: resumed from" in result.stderr
     assert json.loads((root / "metrics/simple_nn.json").read_text())["epochs"] == epochs
