@@ -5,7 +5,10 @@
 - ``sentiment_predict.py``: P(positive) for review text with the exported sentiment RNN
   (``python -m stages.apps.sentiment_predict``);
 - ``real_data.py``: ``make real``, the pipeline on the three real datasets as a DVC
-  experiment (``python -m stages.apps.real_data``).
+  experiment (``python -m stages.apps.real_data``);
+- ``launch_workers.py``: N local workers of one ``tf.distribute`` cluster, each with its
+  ``TF_CONFIG`` (``python -m stages.apps.launch_workers -n 2 -- python -m stages.simple_nn``).
 
-They read what the stages wrote (models/, recipes/real-data.yaml) and write no stage outputs.
+The first three read what the stages wrote (models/, recipes/real-data.yaml) and write no stage
+outputs; launch_workers runs a stage, whose chief writes its outputs.
 """
