@@ -41,7 +41,6 @@ import io
 import logging
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -393,18 +392,6 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
     }
 
 
-def synthetic_export(s: Synthetic, seed: int) -> bytes:
-    """The bytes of the synthetic ENTSO-E export. The sample generator writes it into a scratch folder
-    outside the project (the system's temporary folder): nothing under data/ is touched before the outputs
-    are replaced."""
-    with tempfile.TemporaryDirectory(prefix="make_series-sample-") as scratch:
-        sample = Path(scratch) / SAMPLE_FILE
-        series.write_sample(
-            sample, seed, start=s.start, end=s.end, noise_mw=s.noise_mw, missing_fraction=s.missing_fraction
-        )
-        return sample.read_bytes()
-
-
 def main() -> None:
     seed, p = load_params("series", SeriesParams)
     if p.source == "path":
@@ -421,7 +408,9 @@ def main() -> None:
         data = download(p.url, dest, p.sha256, p.size).read_bytes()
         name = p.url
     else:
-        data = synthetic_export(p.synthetic, seed)
+        # The generator's text in memory (series.write_sample would only write these bytes to a file).
+        s = p.synthetic
+        data = series.entsoe_csv(s.start, s.end, seed, s.noise_mw, s.missing_fraction).encode("utf-8")
         name = str(OUT_DIR / SAMPLE_FILE)
     try:
         text = data.decode("utf-8-sig")  # exports opened and saved in Excel gain a BOM
