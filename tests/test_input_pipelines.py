@@ -10,15 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from conftest import ROOT, run
-from stages.common import tfrecords as T
+from stages.common import input_pipelines as P, tfrecords as T
 from stages.common.cli import StageError
 from stages.common.fer2013_csv import EMOTIONS
-
-tf = pytest.importorskip("tensorflow")
-from stages.common import input_pipelines as P  # noqa: E402
 
 N_FACES, N_REVIEWS = 70, 23
 
