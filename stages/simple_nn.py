@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from stages.common.cli import run_stage
-from stages.common.distribute import is_chief, load_distribute, make_strategy
+from stages.common.distribute import is_chief, load_distribute, make_strategy, strategy_is_chief
 from stages.common.params import TrainingSection, load_params
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,7 @@ def main() -> None:
     from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.seeding import seed_everything
     from stages.common.tabular import read_tabular
-    from stages.common.training import (
-        Trainer,
-        array_batches,
-        checkpoint_dir,
-        clear_checkpoints,
-        strategy_is_chief,
-    )
+    from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
     from stages.models.dense_net import build_dense_net
 
     chief = strategy_is_chief(strategy)

@@ -20,6 +20,12 @@ final metrics. Three optional departures from the tutorial, off by default:
   along a cosine over ``max_epochs`` (Loshchilov & Hutter 2017), so the last
   epochs fine-tune instead of bouncing around a minimum.
 
+With ``distribute.strategy`` other than ``none`` (stages/common/distribute.py)
+the same training runs on the local devices or on the workers of ``TF_CONFIG``
+(``python -m stages.apps.launch_workers -n 2 -- python -m stages.train_emotion_cnn``):
+each worker reads its part of the TFRecords, batch norm is synchronized over the
+replicas, and only the chief writes outputs and checkpoints.
+
 Integrated gradients (stages/models/emotion_cnn.py) explain a fixed set of
 test faces (the first test face of each class): the predicted class's logit,
 zero baseline, ``ig_steps`` intervals; the metrics report how far their sums
@@ -49,6 +55,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from stages.common.cli import run_stage
+from stages.common.distribute import is_chief, load_distribute, make_strategy, strategy_is_chief
 from stages.common.params import TrainingSection, load_params
 from stages.models.emotion_cnn import HEAD_KERNELS, KERNELS
 
@@ -107,14 +114,27 @@ def class_weights(counts: Sequence[int], mode: str) -> np.ndarray | None:
 
 
 class WeightedCrossEntropy:
-    """Softmax cross-entropy on logits, each example weighted by its class's weight (batch mean)."""
+    """Softmax cross-entropy on logits, each example weighted by its class's weight (batch mean).
 
-    def __init__(self, weights: Sequence[float] | np.ndarray | None) -> None:
+    Like a Keras loss, it has a ``reduction`` and ``get_config``/``from_config``: under a
+    tf.distribute strategy the Trainer remakes it with ``reduction="sum"``.
+    """
+
+    def __init__(self, weights: Sequence[float] | np.ndarray | None, reduction: str = "sum_over_batch_size") -> None:
         import keras
         import tensorflow as tf
 
-        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.reduction = reduction
+        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+        self.weights_list = None if weights is None else [float(w) for w in np.asarray(weights)]
         self.weights = None if weights is None else tf.constant(np.asarray(weights), tf.float32)
+
+    def get_config(self) -> dict:
+        return {"weights": self.weights_list, "reduction": self.reduction}
+
+    @classmethod
+    def from_config(cls, config: dict) -> WeightedCrossEntropy:
+        return cls(**config)
 
     def __call__(self, labels, logits):
         import tensorflow as tf
@@ -124,11 +144,16 @@ class WeightedCrossEntropy:
         return self.cross_entropy(labels, logits, sample_weight=tf.gather(self.weights, labels))
 
 
-def augment_batches(batches, seed: int, epoch: int, max_shift: int):
-    """Random horizontal flips and shifts (edge pixels repeated), drawn from (seed, epoch, batch index)."""
+def augment_batches(batches, seed: int, epoch: int, max_shift: int, stream: int = 0):
+    """Random horizontal flips and shifts (edge pixels repeated), drawn from (seed, epoch, batch index).
+
+    ``stream``: the input pipeline (worker) drawing them, so that workers do not all draw the same.
+    """
     import tensorflow as tf
 
     base = tf.constant([seed, epoch], tf.int64)
+    if stream:
+        base = tf.random.experimental.stateless_fold_in(base, stream)
 
     def augment(index, batch):
         images, labels = batch
@@ -193,8 +218,20 @@ def plot_integrated_gradients(
 # --- training and evaluation ------------------------------------------------------------------------
 
 
-def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
-    """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
+def train_model(
+    p: TrainEmotionCnnParams,
+    seed: int,
+    data_dir: Path,
+    checkpoints: Path | None,
+    on_epoch_end=None,
+    strategy=None,
+):
+    """Seed, build and train; return ``(trainer, history)`` with the best weights restored.
+
+    With a ``strategy`` (stages/common/distribute.py) each worker reads its part of every
+    split (``input_context``: its shards, or every n-th face when there are fewer shards than
+    workers) and batch norm takes its statistics over the global batch.
+    """
     import keras
 
     from stages.common.input_pipelines import image_batches, read_spec
@@ -210,22 +247,37 @@ def train_model(p: TrainEmotionCnnParams, seed: int, data_dir: Path, checkpoints
     if weights is not None:
         log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights, strict=True)))
     side = int(spec.get("image_shape", [48])[0])
+    synchronized = strategy is not None and strategy.num_replicas_in_sync > 1
+    loss = WeightedCrossEntropy(weights)
     trainer = Trainer(
-        build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, len(names), side),
-        keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
-        WeightedCrossEntropy(weights),
+        lambda: build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, len(names), side, synchronized),
+        lambda: keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
+        loss,
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
         run_eagerly=p.run_eagerly,
+        strategy=strategy,
     )
 
     def train(epoch: int):
-        batches = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch)
-        return augment_batches(batches, seed, epoch, p.augment_shift) if p.augment else batches
+        def batches(context=None):
+            data = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, input_context=context)
+            if not p.augment:
+                return data
+            return augment_batches(data, seed, epoch, p.augment_shift, context.input_pipeline_id if context else 0)
+
+        # A strategy calls the function with each worker's InputContext (Trainer.distribute).
+        return batches() if strategy is None else batches
+
+    def validation():
+        def batches(context=None):
+            return image_batches(data_dir, "valid", p.batch_size, input_context=context)
+
+        return batches() if strategy is None else batches
 
     history = trainer.fit(
         train=train,
         epochs=p.max_epochs,
-        validation=lambda: image_batches(data_dir, "valid", p.batch_size),
+        validation=validation,
         early_stopping=EarlyStopping(monitor="val_loss", mode="min", patience=p.patience),
         checkpoint_dir=checkpoints,
         checkpoint_every_s=p.checkpoint_every_s,
@@ -321,6 +373,7 @@ def explain(model, images: np.ndarray, labels: np.ndarray, names: Sequence[str],
 
 def main() -> None:
     seed, p = load_params(STAGE, TrainEmotionCnnParams)
+    strategy = make_strategy(load_distribute())  # None for `none`; before any other TensorFlow op
 
     import tensorflow as tf
 
@@ -329,11 +382,14 @@ def main() -> None:
     from stages.common.training import checkpoint_dir, clear_checkpoints
     from stages.models.emotion_cnn import export_saved_model, to_pixels
 
+    chief = strategy_is_chief(strategy)
     spec = read_spec(DATA_DIR)
     names = list(spec["class_names"])
-    ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
-    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
+    ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed, prune=chief)
+    trainer, history = train_model(p, seed, DATA_DIR, ckpt, strategy=strategy)
     valid = trainer.evaluate(image_batches(DATA_DIR, "valid", p.batch_size))
+    if not chief:
+        return  # that was the last step all workers take together; the chief writes the outputs
     images, labels = collect_split(DATA_DIR, "test", p.batch_size)
     results, logits = evaluate_test(trainer, images, labels, names, p.batch_size)
     metrics = {
@@ -380,4 +436,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, STAGE)
+    run_stage(main, STAGE, lock=is_chief())  # the other workers of a cluster write nothing

@@ -1,10 +1,21 @@
-"""simple_nn on tf.distribute: two local workers (real processes, real TF_CONFIG, free ports on
-127.0.0.1), the mirrored strategy on one CPU, a worker that dies, and the resume after it.
+"""The training stages on tf.distribute: two local workers (real processes, real TF_CONFIG, free
+ports on 127.0.0.1) for simple_nn and the emotion CNN, the mirrored strategy on one CPU, a worker
+that dies, and the resume after it.
 
-Tolerance: two workers sum the halves' gradients in another order than one process sums the
-whole batch's, so their weights differ in the last bits (measured: 1.2e-7 after 20 epochs);
-WEIGHT_TOLERANCE allows 100 times that. The mirrored strategy on one device runs the very same
-ops: its weights equal those of `none` exactly (checked exactly).
+Tolerances:
+
+- simple_nn (SGD): two workers sum the halves' gradients in another order than one process sums
+  the whole batch's, so their weights differ in the last bits (measured: 1.2e-7 after 20 epochs);
+  WEIGHT_TOLERANCE allows 100 times that. The mirrored strategy on one device runs the very same
+  ops: its weights equal those of `none` exactly (checked exactly).
+- emotion CNN (Adam, batch norm synchronized over the workers): Adam moves every weight by about
+  ``learning_rate`` a step whatever the size of its gradient, so weights whose gradient is
+  rounding noise (the biases of the convolutions that batch norm cancels) end up to a few
+  learning rates apart; one process run with other kernels (``EAGER_PIPELINE_NUMERICS=fast``)
+  differs from itself as much (measured 8.1e-3). Measured, two workers vs one after 3 epochs:
+  weights 2.9e-3 apart (CNN_WEIGHT_TOLERANCE: 1e-2), first-epoch training loss 2.3e-5 apart
+  relatively (CNN_LOSS_TOLERANCE: 2e-4); with batch norm *not* synchronized the first epoch's
+  loss is already 1.0e-3 off, so the loss check tells the two apart.
 """
 
 from __future__ import annotations
@@ -26,6 +37,19 @@ from stages.apps.launch_workers import free_ports, tf_configs
 WEIGHT_TOLERANCE = 1e-5
 EPOCHS = 10
 TIMEOUT_S = 120  # any one command of these tests
+CNN = "train_emotion_cnn"
+CNN_WEIGHT_TOLERANCE = 1e-2
+CNN_LOSS_TOLERANCE = 2e-4
+FACES = {"training": 384, "public_test": 64, "private_test": 64}
+# A narrow network; dropout off, since each replica draws its own masks for its share of a batch.
+CNN_PARAMS = {
+    "block_filters": [[4, 4], [4, 8], [8, 8], [8, 16]],
+    "head_filters": [16, 16, 16],
+    "dropout": [0.0, 0.0, 0.0, 0.0],
+    "max_epochs": 3,
+    "patience": 3,
+    "ig_steps": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +61,26 @@ def moons_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def project(template: Path, dest: Path, strategy: str, **simple_nn: object) -> Path:
-    """A copy of ``template`` with ``distribute.strategy`` and the ``simple_nn`` params set."""
+@pytest.fixture(scope="module")
+def faces_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """params.yaml, the stages and the TFRecords of a small FER2013 sample in one shard per split
+    (fewer shards than workers: each worker takes every other face, so a step sees exactly the
+    batch one process sees)."""
+    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
+    root = copy_project(tmp_path_factory.mktemp("distribute-faces") / "template", files)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["fer2013"]["sample"] |= FACES
+    params["tfrecords_fer2013"]["num_shards"] = 1
+    params[CNN] |= CNN_PARAMS
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("download_fer2013", "tfrecords_fer2013"):
+        subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=root, env=stage_env(), check=True, timeout=120)
+    return root
+
+
+def project(template: Path, dest: Path, strategy: str, section: str = "simple_nn", **values: object) -> Path:
+    """A copy of ``template`` with ``distribute.strategy`` and the stage's params ``section`` set
+    (simple_nn: EPOCHS epochs unless ``values`` say otherwise)."""
     files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
     dest.mkdir(parents=True)
     for name in [*files, *(p.relative_to(template).as_posix() for p in (template / "data").rglob("*") if p.is_file())]:
@@ -46,7 +88,8 @@ def project(template: Path, dest: Path, strategy: str, **simple_nn: object) -> P
         (dest / name).write_bytes((template / name).read_bytes())
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["distribute"] = {**params.get("distribute", {}), "strategy": strategy, "timeout_s": 10.0}
-    params["simple_nn"] = {**params["simple_nn"], "epochs": EPOCHS, **simple_nn}
+    defaults = {"epochs": EPOCHS} if section == "simple_nn" else {}
+    params[section] = {**params[section], **defaults, **values}
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
@@ -59,18 +102,18 @@ def files_of(root: Path) -> set[str]:
     }
 
 
-def weights(root: Path) -> list[np.ndarray]:
+def weights(root: Path, model: str = "simple_nn") -> list[np.ndarray]:
     import h5py  # type: ignore[import-untyped]
 
     found: list[tuple[str, np.ndarray]] = []
-    with h5py.File(root / "models/simple_nn/model.weights.h5", "r") as file:
+    with h5py.File(root / "models" / model / "model.weights.h5", "r") as file:
         file.visititems(lambda name, obj: found.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
     return [array for _, array in sorted(found, key=lambda item: item[0])]
 
 
-def run_stage(root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_stage(root: Path, env: dict[str, str] | None = None, stage: str = "simple_nn") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stages.simple_nn"],
+        [sys.executable, "-m", f"stages.{stage}"],
         cwd=root,
         env={**stage_env(), **(env or {})},
         capture_output=True,
@@ -79,12 +122,12 @@ def run_stage(root: Path, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-def start_worker(root: Path, config: str, tmpdir: Path, log: Path) -> subprocess.Popen:
+def start_worker(root: Path, config: str, tmpdir: Path, log: Path, stage: str = "simple_nn") -> subprocess.Popen:
     tmpdir.mkdir(parents=True, exist_ok=True)
     env = {**stage_env(), "TF_CONFIG": config, "TMPDIR": str(tmpdir)}
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "stages.simple_nn"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", f"stages.{stage}"], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -153,6 +196,39 @@ def test_two_workers_match_one_and_only_the_chief_writes(moons_project: Path, si
     assert elapsed < 90, elapsed
 
 
+def history(root: Path, stage: str) -> list[dict[str, float]]:
+    lines = (root / "plots" / stage / "history.tsv").read_text().splitlines()
+    names = lines[0].split("\t")
+    return [dict(zip(names, map(float, line.split("\t")), strict=True)) for line in lines[1:]]
+
+
+def test_emotion_cnn_on_two_workers_matches_one_and_only_the_chief_writes(faces_project: Path, tmp_path: Path) -> None:
+    single = project(faces_project, tmp_path / "single", "none", CNN)
+    result = run_stage(single, stage=CNN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chief, other = (project(faces_project, tmp_path / name, "multi_worker", CNN) for name in ("chief", "other"))
+    before = files_of(other)
+    configs = tf_configs(free_ports(2))
+    logs = [tmp_path / "chief.log", tmp_path / "other.log"]
+    processes = [
+        start_worker(chief, configs[0], tmp_path / "tmp0", logs[0], CNN),
+        start_worker(other, configs[1], tmp_path / "tmp1", logs[1], CNN),
+    ]
+    codes = wait_all(processes)
+    assert codes == [0, 0], [log.read_text()[-3000:] for log in logs]
+    diff = assert_close(weights(chief, "emotion_cnn"), weights(single, "emotion_cnn"), CNN_WEIGHT_TOLERANCE)
+    two, one = history(chief, CNN), history(single, CNN)
+    assert len(two) == len(one) == CNN_PARAMS["max_epochs"]
+    gaps = [abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(two, one, strict=True)]
+    print(f"emotion CNN on two workers: weights within {diff:.3g}, training loss within {max(gaps):.3g} (relative)")
+    assert gaps[0] <= CNN_LOSS_TOLERANCE, gaps
+    assert max(gaps) <= 10 * CNN_LOSS_TOLERANCE, gaps
+    # The chief wrote what one process writes (model, SavedModel, metrics, plots); the other nothing.
+    assert files_of(chief) - before == files_of(single) - before
+    assert files_of(other) == before
+    assert not any((tmp_path / "tmp1").iterdir()), list((tmp_path / "tmp1").iterdir())
+
+
 def launch_two_workers(root: Path) -> subprocess.CompletedProcess[str]:
     """``python -m stages.apps.launch_workers -n 2 -- python -m stages.simple_nn`` in ``root``."""
     return subprocess.run(
@@ -173,11 +249,13 @@ def test_launcher_runs_two_workers(moons_project: Path, single: Path, tmp_path: 
     assert_close(weights(root), weights(single), WEIGHT_TOLERANCE)
 
 
-def test_none_under_a_cluster_is_refused(moons_project: Path, tmp_path: Path) -> None:
-    root = project(moons_project, tmp_path / "p", "none")
+@pytest.mark.parametrize("strategy", ["none", "mirrored"])
+def test_a_one_process_strategy_under_a_cluster_is_refused(moons_project: Path, tmp_path: Path, strategy: str) -> None:
+    # mirrored under TF_CONFIG: every worker would train alone and think itself the chief.
+    root = project(moons_project, tmp_path / "p", strategy)
     result = run_stage(root, env={"TF_CONFIG": tf_configs(free_ports(2))[0]})
     assert result.returncode == 2, result.stderr
-    assert "distribute.strategy is none" in result.stderr
+    assert f"distribute.strategy is {strategy}" in result.stderr
     assert not (root / "metrics").exists()
 
 
@@ -304,3 +382,19 @@ def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest_after_a_fai
     assert hung.returncode == 3, hung.stderr
     assert "worker 1 exited with status 3" in hung.stderr and "terminating" in hung.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_stage_without_distribute_refuses_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages that pass no strategy would train alone on every worker, and every one would write."""
+    import keras
+
+    from stages.common.cli import StageError
+    from stages.common.training import Trainer
+
+    monkeypatch.setenv("TF_CONFIG", tf_configs(free_ports(2))[1])
+    with pytest.raises(StageError, match="trains in one process only"):
+        Trainer(
+            keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)]),
+            keras.optimizers.SGD(0.1),
+            keras.losses.MeanSquaredError(),
+        )

@@ -96,15 +96,26 @@ def is_chief() -> bool:
         return True
 
 
+def strategy_is_chief(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether this process writes outputs under ``strategy``: the same rule as :attr:`Task.is_chief`,
+    read from the strategy's cluster resolver (always true without a multi-worker strategy)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().jobs
+    return Task(type=resolver.task_type, index=int(resolver.task_id), has_chief=has_chief).is_chief
+
+
 def make_strategy(section: DistributeSection) -> tf.distribute.Strategy | None:
     """The strategy ``section`` names (None for ``none``). Call before any other TensorFlow op."""
     task = cluster_task()
+    if section.strategy != "multi_worker" and task.workers > 1:
+        # Every worker would train alone, and each would think it is the chief and write.
+        raise StageError(
+            f"TF_CONFIG names a cluster of {task.workers} workers but params.yaml distribute.strategy is "
+            f"{section.strategy} (set it to multi_worker, or unset TF_CONFIG)"
+        )
     if section.strategy == "none":
-        if task.workers > 1:
-            raise StageError(
-                f"TF_CONFIG names a cluster of {task.workers} workers but params.yaml distribute.strategy is none "
-                "(set it to multi_worker, or unset TF_CONFIG)"
-            )
         return None
     import tensorflow as tf
 

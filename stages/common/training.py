@@ -43,6 +43,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from stages.common.cli import StageError
+from stages.common.distribute import cluster_task, strategy_is_chief
 from stages.common.outputs import clean_float, keep_folder
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,12 @@ class Trainer:
         """``model`` and ``optimizer`` are objects, or functions that make them: with a ``strategy``
         they must be functions (or objects made under ``strategy.scope()``), called here in its scope."""
         self.strategy = strategy
+        if strategy is None and cluster_task().workers > 1:
+            # A stage that does not pass a strategy would train alone on every worker, and all would write.
+            raise StageError(
+                "TF_CONFIG names a cluster, but this stage trains in one process only "
+                "(it does not read params.yaml distribute); unset TF_CONFIG"
+            )
         with _scope(strategy):
             self.model = model if isinstance(model, keras.Model) else model()
             self.optimizer = optimizer if isinstance(optimizer, keras.optimizers.Optimizer) else optimizer()
@@ -195,6 +202,11 @@ class Trainer:
 
     def _init_distributed(self, strategy: tf.distribute.Strategy, run_eagerly: bool) -> None:
         # The loss summed over a replica's examples; divided by the step's global batch size below.
+        if not hasattr(type(self.loss), "from_config"):
+            raise TypeError(
+                "with a strategy the loss must be a keras.losses.Loss (or have get_config/from_config with a "
+                f"reduction), not {type(self.loss).__name__}"
+            )
         self._sum_loss = type(self.loss).from_config({**self.loss.get_config(), "reduction": "sum"})
 
         def train_step(x: Any, y: Any) -> tf.Tensor:
@@ -364,49 +376,46 @@ class Trainer:
         last_save = time.monotonic()
         log_every = max(1, epochs // 10)
         try:
-            for epoch in range(start, epochs):
-                if bool(state.finished.numpy()):
-                    break
-                logs = {"epoch": epoch + 1, **self.train_epoch(train(epoch))}
-                if not math.isfinite(logs["loss"]):
-                    # Diverged: nothing after this is worth saving, and the previous outputs stay.
-                    raise StageError(
-                        f"{desc}: training diverged at epoch {epoch + 1}: loss is {logs['loss']} "
-                        f"(lower the learning rate?)"
-                    )
-                if validation is not None:
-                    logs.update(self.evaluate(validation()))
-                state.history.append(logs)
-                stop = state.update_early_stopping(logs)
-                state.epoch.assign(epoch + 1)
-                if stop or epoch + 1 == epochs:
-                    state.finished.assign(True)
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
-                if bar.disable and ((epoch + 1) % log_every == 0 or stop):
-                    log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
-                if manager is not None and self._all_save(
-                    bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s
-                ):
-                    assert save_dir is not None  # there is a manager only with a checkpoint_dir
-                    state.save(manager, save_dir)
-                    last_save = time.monotonic()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, logs)
-                if stop:
-                    assert early_stopping is not None  # only early stopping stops before `epochs`
-                    log.info(
-                        "early stopping at epoch %d: best %s %.4g at epoch %d",
-                        epoch + 1,
-                        early_stopping.monitor,
-                        float(state.best_value.numpy()),
-                        int(state.best_epoch.numpy()),
-                    )
-                    break
-        except _PEER_ERRORS as exc:
-            if self.strategy is None:
-                raise
-            raise _peer_error(desc, exc) from None
+            with _cluster_errors(self.strategy, desc):
+                for epoch in range(start, epochs):
+                    if bool(state.finished.numpy()):
+                        break
+                    logs = {"epoch": epoch + 1, **self.train_epoch(train(epoch))}
+                    if not math.isfinite(logs["loss"]):
+                        # Diverged: nothing after this is worth saving, and the previous outputs stay.
+                        raise StageError(
+                            f"{desc}: training diverged at epoch {epoch + 1}: loss is {logs['loss']} "
+                            f"(lower the learning rate?)"
+                        )
+                    if validation is not None:
+                        logs.update(self.evaluate(validation()))
+                    state.history.append(logs)
+                    stop = state.update_early_stopping(logs)
+                    state.epoch.assign(epoch + 1)
+                    if stop or epoch + 1 == epochs:
+                        state.finished.assign(True)
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k != "epoch"}, refresh=False)
+                    if bar.disable and ((epoch + 1) % log_every == 0 or stop):
+                        log.info("epoch %d/%d %s", epoch + 1, epochs, _format(logs))
+                    if manager is not None and self._all_save(
+                        bool(state.finished.numpy()) or time.monotonic() - last_save >= checkpoint_every_s
+                    ):
+                        assert save_dir is not None  # there is a manager only with a checkpoint_dir
+                        state.save(manager, save_dir)
+                        last_save = time.monotonic()
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch, logs)
+                    if stop:
+                        assert early_stopping is not None  # only early stopping stops before `epochs`
+                        log.info(
+                            "early stopping at epoch %d: best %s %.4g at epoch %d",
+                            epoch + 1,
+                            early_stopping.monitor,
+                            float(state.best_value.numpy()),
+                            int(state.best_epoch.numpy()),
+                        )
+                        break
         finally:
             bar.close()
             if scratch is not None:
@@ -428,17 +437,6 @@ class Trainer:
         return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
 
 
-def strategy_is_chief(strategy: tf.distribute.Strategy | None) -> bool:
-    """Whether this process writes outputs under ``strategy``: always, but in a multi-worker cluster
-    only the chief (task ``chief``, or ``worker`` 0 when the cluster has none)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == "chief":
-        return True
-    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs
-
-
 def _as_dataset(batches: Batches) -> tf.data.Dataset:
     """``batches`` as a tf.data.Dataset (a list of batches, or a dataset as it is)."""
     if isinstance(batches, tf.data.Dataset):
@@ -446,10 +444,11 @@ def _as_dataset(batches: Batches) -> tf.data.Dataset:
     items = [tuple(batch) for batch in batches]
     if not items:
         raise ValueError("no batches")
-    dataset = tf.data.Dataset.from_tensors(items[0])
-    for item in items[1:]:
-        dataset = dataset.concatenate(tf.data.Dataset.from_tensors(item))
-    return dataset
+    # Batches may differ in size (the last one): the signature leaves the batch dimension open.
+    signature = tf.nest.map_structure(
+        lambda t: tf.TensorSpec([None, *np.shape(t)[1:]], tf.as_dtype(np.asarray(t).dtype)), items[0]
+    )
+    return tf.data.Dataset.from_generator(lambda: iter(items), output_signature=signature)
 
 
 def _format(logs: Mapping[str, float]) -> str:

@@ -49,15 +49,23 @@ def build_emotion_cnn(
     head_filters: Sequence[int],
     num_classes: int = 7,
     side: int = SIDE,
+    synchronized: bool = False,
 ):
     """The tutorial's CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes).
 
     ``block_filters``: (first conv, strided conv) widths of the four blocks;
     ``dropout``: the rate after each block; ``head_filters``: widths of the
     head's 1×1, 3×3/2 and 1×1 convs. Shapes below are for 48 px faces.
+    ``synchronized``: batch norm takes its statistics over the global batch of
+    all replicas (several workers or devices), as one process does, instead of
+    each replica's share.
     """
+    import functools
+
     import keras
     from keras import layers
+
+    batch_norm = functools.partial(layers.BatchNormalization, synchronized=synchronized)
 
     def conv(filters: int, kernel: int, stride: int, name: str):
         return layers.Conv2D(filters, kernel, strides=stride, padding="same", name=name)
@@ -66,18 +74,18 @@ def build_emotion_cnn(
     x = images
     for i, ((first, strided), (k1, k2), rate) in enumerate(zip(block_filters, KERNELS, dropout, strict=True), start=1):
         x = conv(first, k1, 1, f"block{i}_conv")(x)  # (b, s, s, first); s = 48, 24, 12, 6 in blocks 1-4
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = batch_norm(name=f"block{i}_bn")(x)
         x = conv(strided, k2, 2, f"block{i}_conv_stride2")(x)  # (b, s/2, s/2, strided): halves the side
-        x = layers.BatchNormalization(name=f"block{i}_stride2_bn")(x)
+        x = batch_norm(name=f"block{i}_stride2_bn")(x)
         x = layers.ReLU(name=f"block{i}_relu")(x)
         x = layers.Dropout(rate, name=f"block{i}_dropout")(x)
     # Head (48 px input: 3×3 -> 2×2 -> 1×1), linear apart from batch norm, as in the tutorial.
     wide, narrow, wide2 = head_filters
     x = conv(wide, HEAD_KERNELS[0], 1, "head_conv1x1_a")(x)  # (b, 3, 3, wide)
-    x = layers.BatchNormalization(name="head_bn_a")(x)
+    x = batch_norm(name="head_bn_a")(x)
     x = conv(narrow, HEAD_KERNELS[1], 2, "head_conv3x3_stride2")(x)  # (b, 2, 2, narrow)
     x = conv(wide2, HEAD_KERNELS[2], 1, "head_conv1x1_b")(x)  # (b, 2, 2, wide2)
-    x = layers.BatchNormalization(name="head_bn_b")(x)
+    x = batch_norm(name="head_bn_b")(x)
     x = conv(num_classes, 3, 2, "logits_conv3x3_stride2")(x)  # (b, 1, 1, num_classes)
     logits = layers.Flatten(name="logits")(x)  # (b, 1, 1, k) -> (b, k) for 48 px faces
     return keras.Model(images, logits, name="emotion_cnn")
