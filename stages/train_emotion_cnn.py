@@ -126,11 +126,11 @@ class WeightedCrossEntropy:
 
         self.reduction = reduction
         self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
-        self.weights_list = None if weights is None else [float(w) for w in np.asarray(weights)]
         self.weights = None if weights is None else tf.constant(np.asarray(weights), tf.float32)
 
     def get_config(self) -> dict:
-        return {"weights": self.weights_list, "reduction": self.reduction}
+        weights = None if self.weights is None else self.weights.numpy().tolist()  # the same float32 values
+        return {"weights": weights, "reduction": self.reduction}
 
     @classmethod
     def from_config(cls, config: dict) -> WeightedCrossEntropy:

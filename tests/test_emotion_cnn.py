@@ -139,6 +139,9 @@ def test_balanced_class_weights_and_the_weighted_loss() -> None:
     expected = np.mean(weights[labels] * per_example)
     assert float(WeightedCrossEntropy(weights)(labels, logits)) == pytest.approx(expected, rel=1e-5)
     assert float(WeightedCrossEntropy(None)(labels, logits)) == pytest.approx(per_example.mean(), rel=1e-5)
+    # Under a strategy the Trainer remakes the loss from its config with reduction "sum": same weights.
+    summed = WeightedCrossEntropy.from_config({**WeightedCrossEntropy(weights).get_config(), "reduction": "sum"})
+    assert float(summed(labels, logits)) == pytest.approx(expected * len(labels), rel=1e-5)
 
 
 def test_augmentation_flips_and_shifts_each_face_deterministically(emotion_cnn_project: Path) -> None:
