@@ -8,8 +8,8 @@ in the current folder. The stage must read ``distribute.strategy: multi_worker``
 from params.yaml (a stage with ``none`` refuses to run under TF_CONFIG).
 
 Worker 0's output passes as it is; the others' lines are prefixed ``worker i:``.
-When a worker fails, the others stop by themselves (their collectives fail
-within ``distribute.timeout_s``); any still running ``--grace`` seconds later
+When a worker fails, the others stop by themselves (their collectives fail once
+its heartbeats stop, about 10 s); any still running ``--grace`` seconds later
 are terminated. The exit status is the first failure's (0 when all succeed).
 Ctrl-C stops every worker.
 """

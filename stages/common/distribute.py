@@ -41,10 +41,13 @@ class DistributeSection(Section):
     strategy: Literal["none", "mirrored", "multi_worker"] = Field(
         "none", description="none: one process, as the tutorials; mirrored: the local devices; multi_worker: TF_CONFIG"
     )
-    timeout_s: float = Field(
-        60.0,
+    # Off by default: the coordination service's heartbeats already stop the others about 10 s
+    # after a worker dies, and a per-collective timeout costs one sleeping thread per collective
+    # (TF's own advice: for debugging only); under load it also fails healthy but slow peers.
+    timeout_s: float | None = Field(
+        None,
         gt=0.0,
-        description="multi_worker: a collective that waits longer than this for a peer fails (a dead worker)",
+        description="multi_worker, for debugging a hung (alive) peer: a collective waiting longer than this fails",
     )
 
 

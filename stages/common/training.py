@@ -56,7 +56,7 @@ def _scope(strategy: tf.distribute.Strategy | None) -> AbstractContextManager[An
     return nullcontext() if strategy is None else strategy.scope()
 
 
-# What a collective raises when a peer died (missed heartbeats), hangs (distribute.timeout_s) or aborted.
+# What a collective raises when a peer died (missed heartbeats), hung (distribute.timeout_s, if set) or aborted.
 _PEER_ERRORS = (
     tf.errors.UnavailableError,
     tf.errors.DeadlineExceededError,
