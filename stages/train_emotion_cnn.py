@@ -218,6 +218,13 @@ def plot_integrated_gradients(
 # --- training and evaluation ------------------------------------------------------------------------
 
 
+def split_batches(data_dir: Path, split: str, batch_size: int):
+    """A split's batches, unshuffled, as a function of the worker's InputContext (None: all of them)."""
+    from stages.common.input_pipelines import image_batches
+
+    return lambda context: image_batches(data_dir, split, batch_size, input_context=context)
+
+
 def train_model(
     p: TrainEmotionCnnParams,
     seed: int,
@@ -258,21 +265,18 @@ def train_model(
         strategy=strategy,
     )
 
+    # The Trainer calls each function of the InputContext with this worker's (None without a strategy).
     def train(epoch: int):
-        def batches(context=None):
+        def batches(context):
             data = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, input_context=context)
             if not p.augment:
                 return data
             return augment_batches(data, seed, epoch, p.augment_shift, context.input_pipeline_id if context else 0)
 
-        # A strategy calls the function with each worker's InputContext (Trainer.distribute).
-        return batches() if strategy is None else batches
+        return batches
 
     def validation():
-        def batches(context=None):
-            return image_batches(data_dir, "valid", p.batch_size, input_context=context)
-
-        return batches() if strategy is None else batches
+        return split_batches(data_dir, "valid", p.batch_size)
 
     history = trainer.fit(
         train=train,
@@ -377,7 +381,7 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from stages.common.input_pipelines import image_batches, read_spec
+    from stages.common.input_pipelines import read_spec
     from stages.common.outputs import atomic_outputs, write_csv, write_history, write_json
     from stages.common.training import checkpoint_dir, clear_checkpoints
     from stages.models.emotion_cnn import export_saved_model, to_pixels
@@ -387,7 +391,7 @@ def main() -> None:
     names = list(spec["class_names"])
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed, prune=chief)
     trainer, history = train_model(p, seed, DATA_DIR, ckpt, strategy=strategy)
-    valid = trainer.evaluate(image_batches(DATA_DIR, "valid", p.batch_size))
+    valid = trainer.evaluate(split_batches(DATA_DIR, "valid", p.batch_size))  # each worker reads its part
     if not chief:
         return  # that was the last step all workers take together; the chief writes the outputs
     images, labels = collect_split(DATA_DIR, "test", p.batch_size)

@@ -91,6 +91,29 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert trainer.evaluate([(x, y)])["val_loss"] == pytest.approx(losses[best], rel=1e-6)
 
 
+def test_without_a_strategy_a_function_of_the_input_context_gets_none_and_trains_as_its_batches() -> None:
+    # The stages hand the Trainer one kind of input, with a strategy or without (train_emotion_cnn).
+    x, y = moons()
+    batches = array_batches(x, y, 16, seed=3)
+    contexts: list[object] = []
+
+    def recording(make):
+        def of(context: object):
+            contexts.append(context)
+            return make()
+
+        return of
+
+    plain, functions = new_trainer(), new_trainer()
+    expected = plain.fit(batches, epochs=3, validation=lambda: [(x, y)])
+    got = functions.fit(
+        lambda epoch: recording(lambda: batches(epoch)), epochs=3, validation=lambda: recording(lambda: [(x, y)])
+    )
+    assert contexts == [None] * 6  # each epoch: train, then validation
+    assert [dict(h) for h in got] == [dict(h) for h in expected]
+    assert functions.evaluate(lambda context: [(x, y)]) == plain.evaluate([(x, y)])
+
+
 def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
     x, y = moons()
     batches = array_batches(x, y, 16, seed=3)

@@ -5,7 +5,9 @@ code they always ran. ``mirrored`` mirrors the model over the local devices
 (``tf.distribute.MirroredStrategy``); ``multi_worker`` over the workers that
 ``TF_CONFIG`` names (``tf.distribute.MultiWorkerMirroredStrategy``, the ring
 collectives, which also work on CPU). ``python -m stages.apps.launch_workers -n 2
--- python -m stages.simple_nn`` starts such a cluster on this host.
+-- python -m stages.train_emotion_cnn`` starts such a cluster on this host. The
+stages that read this section: simple_nn and train_emotion_cnn; the others refuse
+a TF_CONFIG cluster.
 
 With several workers only the chief (task ``chief``, or ``worker`` 0 when the
 cluster has no chief) writes outputs, metrics, plots and checkpoints; the others

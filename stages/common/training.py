@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, cast
 
 import keras
 import numpy as np
@@ -49,6 +49,8 @@ from stages.common.outputs import clean_float, keep_folder
 log = logging.getLogger(__name__)
 
 Batches = Iterable[tuple[Any, Any]]
+# A function of this worker's tf.distribute.InputContext (None without a strategy) that returns its batches.
+WorkerBatches = Callable[[Any], Batches]
 MetricFactory = Callable[[], keras.metrics.Metric]
 
 
@@ -253,7 +255,7 @@ class Trainer:
         for metric in self.eval_metrics.values():
             metric.update_state(y, predictions)
 
-    def distribute(self, batches: Batches) -> Any:
+    def distribute(self, batches: Batches | WorkerBatches) -> Any:
         """``batches`` (global batches) as the strategy's distributed dataset: each global batch
         split record by record, replica ``r`` of ``R`` taking records ``r, r + R, ...``.
 
@@ -263,9 +265,9 @@ class Trainer:
         """
         strategy = self.strategy
         assert strategy is not None
-        if callable(batches) and not isinstance(batches, tf.data.Dataset):
+        if _per_worker(batches):
             return strategy.distribute_datasets_from_function(batches)
-        dataset = _as_dataset(batches)
+        dataset = _as_dataset(cast(Batches, batches))
         replicas = strategy.num_replicas_in_sync
 
         def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -286,35 +288,34 @@ class Trainer:
 
     # -- loops around the steps ------------------------------------------------------------
 
-    def train_epoch(self, batches: Batches) -> dict[str, float]:
+    def _batches(self, batches: Batches | WorkerBatches) -> Any:
+        """What the steps iterate over: the distributed dataset with a strategy, else the batches
+        (a function of the InputContext is called with None: the whole split)."""
+        if self.strategy is not None:
+            return self.distribute(batches)
+        return batches(None) if _per_worker(batches) else batches
+
+    def train_epoch(self, batches: Batches | WorkerBatches) -> dict[str, float]:
         """One pass over ``batches``; returns the epoch's mean loss and metrics."""
         self.train_loss.reset_state()
         for metric in self.train_metrics.values():
             metric.reset_state()
-        if self.strategy is not None:
-            batches = self.distribute(batches)
-        for x, y in batches:
+        for x, y in self._batches(batches):
             self.train_step(x, y)
         logs = {"loss": float(self.train_loss.result())}
         logs.update({name: float(m.result()) for name, m in self.train_metrics.items()})
         return logs
 
-    def evaluate(self, batches: Batches, prefix: str = "val_") -> dict[str, float]:
+    def evaluate(self, batches: Batches | WorkerBatches, prefix: str = "val_") -> dict[str, float]:
         """Loss and metrics of the current weights on ``batches`` (no training)."""
         self.eval_loss.reset_state()
         for metric in self.eval_metrics.values():
             metric.reset_state()
-        if self.strategy is not None:
-            with _cluster_errors(self.strategy, "evaluate"):
-                for x, y in self.distribute(batches):
-                    self.eval_step(x, y)
-                logs = {f"{prefix}loss": float(self.eval_loss.result())}
-                logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
-            return logs
-        for x, y in batches:
-            self.eval_step(x, y)
-        logs = {f"{prefix}loss": float(self.eval_loss.result())}
-        logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
+        with _cluster_errors(self.strategy, "evaluate"):  # with a strategy, the results are collectives too
+            for x, y in self._batches(batches):
+                self.eval_step(x, y)
+            logs = {f"{prefix}loss": float(self.eval_loss.result())}
+            logs.update({f"{prefix}{name}": float(m.result()) for name, m in self.eval_metrics.items()})
         return logs
 
     def predict(self, batches: Iterable[Any]) -> np.ndarray:
@@ -331,9 +332,9 @@ class Trainer:
 
     def fit(
         self,
-        train: Callable[[int], Batches],
+        train: Callable[[int], Batches | WorkerBatches],
         epochs: int,
-        validation: Callable[[], Batches] | None = None,
+        validation: Callable[[], Batches | WorkerBatches] | None = None,
         early_stopping: EarlyStopping | None = None,
         checkpoint_dir: Path | None = None,
         checkpoint_every_s: float = 60.0,
@@ -342,7 +343,8 @@ class Trainer:
     ) -> History:
         """Train for up to ``epochs`` epochs and return one dict of metrics per epoch.
 
-        ``train(epoch)`` gives that epoch's batches. With ``checkpoint_dir`` the
+        ``train(epoch)`` gives that epoch's batches, or a function of the worker's
+        ``InputContext`` that gives them (see :meth:`distribute`). With ``checkpoint_dir`` the
         full state (weights, optimizer, epoch, early-stopping state, history) is
         saved at most every ``checkpoint_every_s`` seconds and at the end, and a
         later call with the same directory resumes from it.
@@ -435,6 +437,11 @@ class Trainer:
         strategy = self.strategy
         votes = strategy.experimental_distribute_values_from_function(lambda _: tf.constant(float(wanted)))
         return float(strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None)) > 0
+
+
+def _per_worker(batches: Batches | WorkerBatches) -> TypeGuard[WorkerBatches]:
+    """Whether ``batches`` is a function of the InputContext (a dataset or a list is not callable)."""
+    return callable(batches) and not isinstance(batches, tf.data.Dataset)
 
 
 def _as_dataset(batches: Batches) -> tf.data.Dataset:
