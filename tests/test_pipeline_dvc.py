@@ -398,6 +398,14 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 500
     assert status(repo) == set()
     assert '"tiny"' in run(["dvc", "exp", "show", "--json"], repo).stdout
+    # The same name again on a later commit (a second run the same day): this run's experiment is kept.
+    subprocess.run(["git", "commit", "-qm", "a later commit", "--allow-empty"], cwd=repo, check=True)
+    run(
+        ["python", "-m", "stages.apps.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)],
+        repo,
+    )
+    later = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert json.loads((kept / "run.json").read_text())["baseline_rev"] == later != head
 
 
 def test_remote_push_then_pull_into_a_fresh_clone_runs_nothing(repo: Path, tmp_path: Path) -> None:

@@ -95,18 +95,17 @@ def run_experiment(command: list[str]) -> tuple[int, dict[str, float], float]:
     return proc.returncode, stage_seconds(lines, end), round(end - start, 1)
 
 
-def experiment_rev(name: str) -> str:
-    """The commit of the experiment called ``name`` (refs/exps/.../<name>)."""
-    refs = subprocess.run(
-        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
-    if len(found) != 1:
-        raise StageError(f"experiment {name!r}: {len(found)} refs found under refs/exps (expected 1)")
-    return found[0]
+def experiment_rev(name: str, baseline: str) -> str:
+    """The commit of the experiment ``name`` run on the commit ``baseline``. DVC keeps it as
+    refs/exps/<baseline[:2]>/<baseline[2:]>/<name>; the same name recurs on other baselines (a
+    second run the same day), so the baseline picks the one this run made."""
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+    proc = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise StageError(f"experiment {name!r}: no ref {ref} (did dvc exp run record it?)")
+    return proc.stdout.strip()
 
 
 def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: Path = RESULTS) -> list[str]:
@@ -167,17 +166,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {key} = {value!r}")
         return
     started = datetime.datetime.now(datetime.UTC)
+    # The code the experiment runs: its ref hangs under this commit, even if HEAD moves during the run.
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     code, stages, total = run_experiment(command)
     if code != 0:
         raise StageError(f"dvc exp run failed (exit {code}); the workspace is unchanged")
-    rev = experiment_rev(args.name)
+    rev = experiment_rev(args.name, baseline)
     info = {
         "experiment": args.name,
         "experiment_rev": rev,
-        # The experiment commit's parent: the code it ran, even if HEAD moved during the run.
-        "baseline_rev": subprocess.run(
-            ["git", "rev-parse", f"{rev}^"], capture_output=True, text=True, check=True
-        ).stdout.strip(),
+        "baseline_rev": baseline,
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": total,
         "stage_seconds": stages,
