@@ -378,10 +378,18 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("simple_nn:\n  epochs: 40\n")
     kept = tmp_path / "results"
-    result = run(
-        ["python", "-m", "stages.apps.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)],
-        repo,
-    )
+    command = [
+        "python",
+        "-m",
+        "stages.apps.real_data",
+        "--recipe",
+        str(recipe),
+        "--name",
+        "tiny",
+        "--results",
+        str(kept),
+    ]
+    result = run(command, repo)
     assert ran_stages(result.stdout) == ["simple_nn", "gate", "report"]
     assert json.loads((kept / "metrics/simple_nn.json").read_text())["epochs"] == 40
     assert yaml.safe_load((kept / "params.yaml").read_text())["simple_nn"]["epochs"] == 40
@@ -389,7 +397,7 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert "simple_nn" in (kept / "reports/summary.md").read_text()  # the page a person reads
     info = json.loads((kept / "run.json").read_text())
     assert set(info["stage_seconds"]) == {"simple_nn", "gate", "report"} and info["machine"]["cores"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert info["baseline_rev"] == head  # the experiment's parent: the code it ran
     assert any(
         name.startswith("plots/simple_nn/") for name in (p.relative_to(kept).as_posix() for p in kept.rglob("*.png"))
@@ -399,12 +407,9 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert status(repo) == set()
     assert '"tiny"' in run(["dvc", "exp", "show", "--json"], repo).stdout
     # The same name again on a later commit (a second run the same day): this run's experiment is kept.
-    subprocess.run(["git", "commit", "-qm", "a later commit", "--allow-empty"], cwd=repo, check=True)
-    run(
-        ["python", "-m", "stages.apps.real_data", "--recipe", str(recipe), "--name", "tiny", "--results", str(kept)],
-        repo,
-    )
-    later = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    run(["git", "commit", "-qm", "a later commit", "--allow-empty"], repo)
+    run(command, repo)
+    later = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert json.loads((kept / "run.json").read_text())["baseline_rev"] == later != head
 
 
