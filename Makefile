@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test lint format bench real clean-outputs
+.PHONY: setup repro test lint format bench cross-cpu emulator real clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
-# Lint and types first (seconds), then the suite.
-test: lint
+# Lint and types first (seconds), then the suite. The emulator (for tests/test_cross_cpu.py) is
+# installed where it can be; elsewhere that test is skipped and says why.
+test: lint emulator
 	pytest
 
 # ruff (lint, import order, formatting) and mypy, as configured in pyproject.toml.
@@ -44,6 +45,24 @@ bench: setup
 	python bench/bench_train_emotion_cnn.py
 	python bench/bench_sentiment_rnn.py
 	python bench/bench_numerics.py
+
+# qemu-user runs x86-64 programs on emulated CPUs (other vendors, caches, instruction sets): the
+# cross-CPU check needs it. Installed with apt-get where this runs as root on Debian/Ubuntu;
+# otherwise one line says how, and nothing fails here (`make cross-cpu` fails without it).
+emulator:
+	@command -v qemu-x86_64 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing qemu-user (apt-get) for the cross-CPU check"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null; } \
+	      || echo "note: apt-get could not install qemu-user: tests/test_cross_cpu.py will be skipped"; \
+	  else \
+	    echo "note: qemu-x86_64 not found; install qemu-user (e.g. sudo apt-get install qemu-user) for the cross-CPU check"; \
+	  fi; }
+
+# Every model's training slice natively and on six emulated CPUs (about 15 min on 2 cores):
+# bench/results/cross_cpu.json, the README's cross-CPU table.
+cross-cpu: setup emulator
+	python bench/cross_cpu.py
 
 # The pipeline on the three real datasets as a DVC experiment (recipes/real-data.yaml; hours on
 # 2 cores). FER2013=, IMDB=, SERIES= give local copies: make real FER2013=~/fer2013.csv

@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 
+from stages.common import numerics
+
 
 def seed_everything(seed: int) -> None:
     """Seed every generator a stage may touch and make TF ops deterministic.
@@ -22,3 +24,5 @@ def seed_everything(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)  # python, numpy, tf and Keras' own seed generator
     tf.config.experimental.enable_op_determinism()
+    if numerics.mode() == "reproducible":
+        numerics.exact_reciprocals()  # the same bits on Intel and AMD (stages/common/numerics.py)
