@@ -154,31 +154,6 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
     return trainer, history
 
 
-# --- scoring ---------------------------------------------------------------------------------------
-
-
-def binary_metrics(labels: np.ndarray, logits: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """Accuracy, ROC-AUC and the positive class's precision / recall / F1; also the ROC points (k, 3)."""
-    import keras
-    import tensorflow as tf
-
-    from stages.common.streaming_metrics import report as classification, roc_points
-
-    probabilities = tf.nn.softmax(logits).numpy()[:, POSITIVE]
-    report = classification(labels, logits, 2)
-    auc = keras.metrics.AUC(num_thresholds=2001, curve="ROC")
-    auc.update_state(labels, probabilities)
-    fpr, tpr, thresholds = roc_points(auc)
-    metrics = {
-        "accuracy": report["accuracy"],
-        "auc": float(auc.result()),
-        "precision": report["precision"][POSITIVE],
-        "recall": report["recall"][POSITIVE],
-        "f1": report["f1"][POSITIVE],
-    }
-    return metrics, np.stack([fpr, tpr, thresholds], axis=1)
-
-
 # --- tutorial 08's memory-cell heatmap ---------------------------------------------------------------
 
 
@@ -225,6 +200,7 @@ def main() -> None:
 
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
+    from stages.common.streaming_metrics import binary_metrics
     from stages.common.text import decode, load_vocabulary
     from stages.common.training import checkpoint_dir, clear_checkpoints
     from stages.models.sentiment_rnn import export_saved_model, recurrent_states

@@ -30,6 +30,7 @@ GOOD = {
         "export_max_abs_diff": 0.0,
     },
     "metrics/sentiment_rnn.json": {"test_accuracy": 0.7488, "test_auc": 0.85},
+    "metrics/sentiment_ngram.json": {"test_accuracy": 0.9216, "test_auc": 0.9658},
     "metrics/load_forecast.json": {"skill_vs_best_naive": 0.43},
 }
 
@@ -68,9 +69,9 @@ def test_stage_passes_then_fails_with_one_line_per_failed_check_and_keeps_the_re
     write_metrics(workdir, GOOD)
     result = run(["python", "-m", "stages.gate"], workdir)
     report = json.loads((workdir / "metrics/gate.json").read_text())
-    assert report["passed"] is True and report["checks_failed"] == 0 and len(report["checks"]) == 22
+    assert report["passed"] is True and report["checks_failed"] == 0 and len(report["checks"]) == 24
     assert set(report["checks"][0]) == {"stage", "file", "key", "value", "bound", "kind", "pass"}
-    assert "gate: all 22 checks passed" in result.stderr
+    assert "gate: all 24 checks passed" in result.stderr
 
     bad = {
         **GOOD,
@@ -87,7 +88,7 @@ def test_stage_passes_then_fails_with_one_line_per_failed_check_and_keeps_the_re
         "gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy 0.41 < floor 0.55",
         "gate: train_load_rnn metrics/load_forecast.json skill_vs_best_naive missing or not a number (floor 0.2)",
     ]
-    assert result.stderr.splitlines()[-1] == "error: quality gate: 3 of 22 checks failed (all in metrics/gate.json)"
+    assert result.stderr.splitlines()[-1] == "error: quality gate: 3 of 24 checks failed (all in metrics/gate.json)"
     report = json.loads((workdir / "metrics/gate.json").read_text())  # written although the gate failed
     assert report["passed"] is False and report["checks_failed"] == 3
     assert [c["key"] for c in report["checks"] if not c["pass"]] == [

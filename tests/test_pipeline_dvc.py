@@ -334,6 +334,7 @@ MODEL_SECTIONS = (
     "train_load_rnn",
     "train_emotion_cnn",
     "train_sentiment_rnn",
+    "train_sentiment_ngram",
     "gate",
 )
 
@@ -438,6 +439,9 @@ def test_remote_push_then_pull_into_a_fresh_clone_runs_nothing(repo: Path, tmp_p
         "rnn = tf.saved_model.load('models/sentiment_rnn/saved_model')\n"
         "q = rnn.serve(tf.constant([[5, 6, 2]], tf.int64), tf.constant([3], tf.int64))['probabilities'].numpy()\n"
         "assert q.shape == (1, 2)\n"
+        "ngram = tf.saved_model.load('models/sentiment_ngram/saved_model')\n"
+        "n = ngram.serve(tf.constant([[5, 6, 2]], tf.int64), tf.constant([3], tf.int64))['probabilities'].numpy()\n"
+        "assert n.shape == (1, 2)\n"
         "moons = tf.saved_model.load('models/save_restore/saved_model')\n"
         "assert moons.serve(tf.zeros([3, 2])).shape == (3, 2)\n"
         "print('served')\n"

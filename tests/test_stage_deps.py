@@ -39,6 +39,7 @@ def test_pipeline_has_the_tutorial_stages() -> None:
         "train_load_rnn",
         "train_emotion_cnn",
         "train_sentiment_rnn",
+        "train_sentiment_ngram",
         "gate",
         "report",
     }

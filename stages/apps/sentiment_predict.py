@@ -2,10 +2,13 @@
 
     python -m stages.apps.sentiment_predict "The acting was not bad at all. Recommended."
     python -m stages.apps.sentiment_predict --file review.txt [--file other.txt ...]   # "-" reads stdin
+    python -m stages.apps.sentiment_predict --kind ngram "text"        # the n-gram baseline
     python -m stages.apps.sentiment_predict --model path/to/saved_model "text"
 
 Uses the SavedModel that ``train_sentiment_rnn`` exports
-(``models/sentiment_rnn/saved_model`` by default). The text is prepared exactly
+(``models/sentiment_rnn/saved_model`` by default) or, with ``--kind ngram``, the
+one of ``train_sentiment_ngram`` (``models/sentiment_ngram/saved_model``); both
+have the same signature, vocabulary asset and ``max_words``. The text is prepared exactly
 as the training reviews were: the vocabulary and ``max_words`` come from the
 SavedModel, and the encoding is ``stages.common.text.encode`` - HTML stripped,
 the same tokenizer, unknown words -> ``<unk>``, the last ``max_words`` tokens
@@ -27,7 +30,11 @@ from pathlib import Path
 
 from stages.common.cli import StageError, run_stage
 
-DEFAULT_MODEL = Path("models/sentiment_rnn/saved_model")
+# --kind -> (the stage that exports it, its SavedModel)
+MODELS = {
+    "rnn": ("train_sentiment_rnn", Path("models/sentiment_rnn/saved_model")),
+    "ngram": ("train_sentiment_ngram", Path("models/sentiment_ngram/saved_model")),
+}
 POSITIVE = 1  # column of a positive review in the model's output
 
 
@@ -51,10 +58,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a file holding one review (UTF-8); may be repeated; '-' reads stdin",
     )
     parser.add_argument(
+        "--kind",
+        choices=sorted(MODELS),
+        default="rnn",
+        help="which pipeline model scores: the RNN of tutorial 08 (default) or the n-gram baseline",
+    )
+    parser.add_argument(
         "--model",
         type=Path,
-        default=DEFAULT_MODEL,
-        help=f"exported SavedModel of train_sentiment_rnn (default: {DEFAULT_MODEL})",
+        default=None,
+        help=f"an exported SavedModel (default: the --kind's, {MODELS['rnn'][1]} or {MODELS['ngram'][1]})",
     )
     return parser.parse_args(argv)
 
@@ -85,9 +98,10 @@ def read_reviews(texts: list[str], files: list[Path]) -> list[Review]:
 class SentimentModel:
     """The exported model with the preprocessing it was trained with."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stage: str = "train_sentiment_rnn") -> None:
+        """``stage``: the stage that exports ``path``, named when it is missing."""
         if not (path / "saved_model.pb").is_file():
-            raise StageError(f"{path}: no exported model here (run `dvc repro train_sentiment_rnn`, or pass --model)")
+            raise StageError(f"{path}: no exported model here (run `dvc repro {stage}`, or pass --model)")
         import tensorflow as tf
 
         from stages.common.text import load_vocabulary
@@ -97,7 +111,10 @@ class SentimentModel:
         except (OSError, ValueError, tf.errors.OpError) as exc:
             raise StageError(f"{path}: cannot load the SavedModel ({str(exc).splitlines()[0]})") from None
         if not all(hasattr(self.loaded, name) for name in ("serve", "vocabulary", "max_words")):
-            raise StageError(f"{path}: not a model exported by train_sentiment_rnn (no serve/vocabulary/max_words)")
+            raise StageError(
+                f"{path}: not a model exported by train_sentiment_rnn or train_sentiment_ngram "
+                "(no serve/vocabulary/max_words)"
+            )
         vocab_file = Path(self.loaded.vocabulary.asset_path.numpy().decode())
         try:
             self.vocab = load_vocabulary(vocab_file)
@@ -130,7 +147,8 @@ class SentimentModel:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     reviews = read_reviews(args.texts, args.file)  # before the model: a bad input fails fast
-    model = SentimentModel(args.model)
+    stage, default = MODELS[args.kind]
+    model = SentimentModel(args.model or default, stage)
     for review, probability in zip(reviews, model.probabilities([r.text for r in reviews]), strict=True):
         print(f"{probability:.4f}" if len(reviews) == 1 else f"{probability:.4f}\t{review.source}")
 

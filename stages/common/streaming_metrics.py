@@ -1,7 +1,8 @@
 """Streaming metric objects (updated batch by batch) for the tutorial-02 metrics.
 
 Keras ships accuracy, AUC, MSE and R²; what it lacks is a confusion matrix for
-any number of classes, from which macro precision, recall and F1 follow.
+any number of classes, from which macro precision, recall and F1 follow; and
+``binary_metrics``, the two-class summary both sentiment stages report.
 """
 
 from __future__ import annotations
@@ -85,3 +86,21 @@ def roc_points(auc: keras.metrics.AUC) -> tuple[np.ndarray, np.ndarray, np.ndarr
     tpr = _safe_divide(tp, tp + fn)
     fpr = _safe_divide(fp, fp + tn)
     return fpr, tpr, np.asarray(auc.thresholds, dtype=np.float64)
+
+
+def binary_metrics(labels: Any, logits: Any, positive: int = 1) -> tuple[dict[str, float], np.ndarray]:
+    """A two-class split's accuracy, ROC-AUC and the positive class's precision / recall / F1, from its
+    labels and logits (b, 2); also the ROC points (k, 3): false and true positive rate, threshold."""
+    probabilities = tf.nn.softmax(logits).numpy()[:, positive]
+    scores = report(labels, logits, 2)
+    auc = keras.metrics.AUC(num_thresholds=2001, curve="ROC")
+    auc.update_state(labels, probabilities)
+    fpr, tpr, thresholds = roc_points(auc)
+    metrics = {
+        "accuracy": scores["accuracy"],
+        "auc": float(auc.result()),
+        "precision": scores["precision"][positive],
+        "recall": scores["recall"][positive],
+        "f1": scores["f1"][positive],
+    }
+    return metrics, np.stack([fpr, tpr, thresholds], axis=1)

@@ -7,6 +7,8 @@
 - ``sentiment_rnn.py``: tutorial 08, the embedding + LSTM / GRU sentiment network read at each
   review's last real token, its SavedModel with the vocabulary, and its recurrent states
   (train_sentiment_rnn);
+- ``sentiment_ngram.py``: beside tutorial 08, the n-gram baseline: NB-weighted logistic regression
+  over each review's distinct unigrams and hashed bigrams (train_sentiment_ngram);
 - ``load_rnn.py``: tutorial 09, the LSTM forecasting the next day's 24 hourly loads
   (train_load_rnn).
 
