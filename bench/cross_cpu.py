@@ -2,7 +2,7 @@
 
 A short, seeded training slice of each model family (the dense net of tutorials
 01-03, the emotion CNN, the sentiment RNN as both the sample's LSTM and the real-data
-recipe's bidirectional GRU, the load LSTM), built and trained by the stages' own
+recipe's bidirectional GRU, the n-gram baseline, the load LSTM), built and trained by the stages' own
 code in the reproducible numerics, runs natively and under ``qemu-x86_64 -cpu
 MODEL`` for a panel of emulated CPUs. The emulator reports the model's CPUID:
 vendor, instruction sets and cache sizes, which is all the numeric libraries read
@@ -184,7 +184,6 @@ def emotion_cnn_slice(augment: bool = True) -> dict[str, Any]:
 
 def sentiment_rnn_slice(recipe: bool) -> dict[str, Any]:
     """The sentiment RNN: the sample's LSTM, or (``recipe``) the real-data recipe's options; three padded batches."""
-    import numpy as np
     import yaml
 
     from stages.common.params import load_params
@@ -198,6 +197,14 @@ def sentiment_rnn_slice(recipe: bool) -> dict[str, Any]:
     seed_everything(SEED)
     vocab = 500
     trainer = new_trainer(vocab, p)
+    batches = _review_batches(vocab)
+    return _digest(trainer, batches[0][0], _train(trainer, batches))
+
+
+def _review_batches(vocab: int) -> list[tuple[dict[str, Any], Any]]:
+    """Three batches of 16 padded reviews of 5-59 token ids, with labels."""
+    import numpy as np
+
     rng = np.random.default_rng(SEED)
     batches = []
     for _ in range(3):
@@ -206,6 +213,23 @@ def sentiment_rnn_slice(recipe: bool) -> dict[str, Any]:
         for row, n in enumerate(lengths):
             tokens[row, :n] = rng.integers(1, vocab, n)
         batches.append(({"token_indexes": tokens, "sequence_length": lengths}, rng.integers(0, 2, 16)))
+    return batches
+
+
+def sentiment_ngram_slice() -> dict[str, Any]:
+    """The n-gram baseline at its default params: NB ratios from the batches, then three Adam steps."""
+
+    from stages.common.params import load_params
+    from stages.common.seeding import seed_everything
+    from stages.models.sentiment_ngram import nb_ratios, set_nb_ratios
+    from stages.train_sentiment_ngram import STAGE, TrainSentimentNgramParams, new_trainer
+
+    _, p = load_params(STAGE, TrainSentimentNgramParams)
+    seed_everything(SEED)
+    vocab = 500
+    trainer = new_trainer(vocab, p)
+    batches = _review_batches(vocab)
+    set_nb_ratios(trainer.model, nb_ratios(batches, vocab, p.buckets, p.nb_alpha))
     return _digest(trainer, batches[0][0], _train(trainer, batches))
 
 
@@ -243,6 +267,7 @@ SLICES = {
     "emotion_cnn": emotion_cnn_slice,
     "sentiment_rnn": lambda: sentiment_rnn_slice(recipe=False),
     "sentiment_rnn_recipe": lambda: sentiment_rnn_slice(recipe=True),
+    "sentiment_ngram": sentiment_ngram_slice,
     "load_rnn": load_rnn_slice,
 }
 
