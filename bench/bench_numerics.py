@@ -21,6 +21,7 @@ FER2013 faces, 22,500 aclImdb training reviews. The CPU model, its instruction
 sets and the load average go into ``bench/results/numerics.json``.
 
     .venv/bin/python bench/bench_numerics.py
+    .venv/bin/python bench/bench_numerics.py --workloads cnn cnn_augmented --configs fast fast_avx2 reproducible
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", choices=(*WORKLOADS, "input_only"))
     parser.add_argument("--nondeterministic", action="store_true")
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), help="fast and reproducible at least"
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, not args.nondeterministic)))
@@ -160,8 +165,11 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_numerics_") as tmp:
         project = make_project(Path(tmp) / "project")
-        for name, (env, deterministic) in CONFIGS.items():
-            for workload in WORKLOADS:
+        if not {"fast", "reproducible"} <= set(args.configs):
+            raise SystemExit("error: --configs: fast and reproducible are both needed for the price")
+        for name in args.configs:
+            env, deterministic = CONFIGS[name]
+            for workload in args.workloads:
                 results.setdefault(name, {})[workload] = run_worker(project, workload, env, deterministic)
                 print(
                     f"{name:30s} {workload:14s} {results[name][workload]['real_epoch_seconds']:7.1f} s per real epoch",
@@ -175,7 +183,7 @@ def main() -> None:
             "reproducible_s": repro[w]["real_epoch_seconds"],
             "price": round(repro[w]["real_epoch_seconds"] / fast[w]["real_epoch_seconds"] - 1, 3),
         }
-        for w in WORKLOADS
+        for w in args.workloads
     }
     out = {
         "machine": machine_info(),
