@@ -16,7 +16,7 @@ emulator computes each instruction the same way whatever CPUID it reports).
     .venv/bin/python bench/cross_cpu.py --worker   # the slices in this process, JSON on stdout
 
 Writes ``bench/results/cross_cpu.json`` (model x CPU: digest, equal to the
-reference or not); the README's table comes from it.
+reference or not; what each CPU's CPUID said) and prints the README's table.
 """
 
 from __future__ import annotations
@@ -303,6 +303,15 @@ def run_on(cpu: str | None, names: list[str], env: dict[str, str] | None = None,
     return result
 
 
+def identify(cpu: str | None) -> dict[str, Any]:
+    """What CPUID says natively (``cpu`` None) or under the emulator as ``cpu`` (no TensorFlow: seconds)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--identify"]
+    if cpu is not None:
+        command = [QEMU, "-cpu", cpu, *command]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def compare(runs: dict[str, dict], names: list[str], reference: str) -> dict[str, dict[str, Any]]:
     """model -> CPU -> {digest, equal}: equal when weights and forward pass match the reference CPU's."""
     table: dict[str, dict[str, Any]] = {}
@@ -327,9 +336,22 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(SLICES), default=list(SLICES))
     parser.add_argument("--jobs", type=int, default=2, help="emulated CPUs run at once")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--identify", action="store_true", help="print this process's CPUID identity (JSON)")
+    parser.add_argument(
+        "--table", action="store_true", help="from --out: record each CPU's CPUID identity and print the table"
+    )
     args = parser.parse_args()
     if args.worker is not None:
         print(json.dumps(worker(args.worker or list(SLICES))))
+        return
+    if args.identify:
+        print(json.dumps(cpu_identity()))
+        return
+    if args.table:
+        out = json.loads(args.out.read_text())
+        out["cpus"] = {cpu: identify(None if cpu == "native" else cpu) for cpu in out["seconds"]}
+        args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        print(markdown_table(out))
         return
     reason = missing_emulator()
     if reason:
@@ -359,17 +381,36 @@ def main() -> None:
         "identical_on_every_emulated_cpu": verdict,
         "native_equal": {name: rows["native"]["equal"] for name, rows in table.items() if "native" in rows},
         "table": table,
+        "cpus": {cpu: run["cpu"] for cpu, run in ordered.items()},
         "seconds": {cpu: run["wall_seconds"] for cpu, run in ordered.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info(),
     }
     write_result(args.out, out)
-    width = max(len(c) for c in ordered)
-    print(f"{'model':22s} " + " ".join(f"{c:>{width}s}" for c in ordered))
-    for name, rows in table.items():
-        marks = " ".join(f"{'=' if rows[c]['equal'] else 'DIFF ' + rows[c]['weights'][:6]:>{width}s}" for c in ordered)
-        print(f"{name:22s} {marks}")
+    print(markdown_table(out))
     print(f"-> {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+
+
+def markdown_table(out: dict[str, Any]) -> str:
+    """The README's table: one row per CPU (what CPUID says), one column per model (= or the digest)."""
+    models = list(out["table"])
+    lines = [
+        "| CPU (`-cpu`) | vendor | L1d / L2 / L3 | AVX-512 | " + " | ".join(f"`{m}`" for m in models) + " |",
+        "|---" * (4 + len(models)) + "|",
+    ]
+    for cpu, identity in out["cpus"].items():
+        caches = identity["caches_kib"]
+        sizes = " / ".join(_size(caches.get(level)) for level in ("L1d", "L2", "L3"))
+        marks = ["=" if out["table"][m][cpu]["equal"] else f"`{out['table'][m][cpu]['weights'][:8]}`" for m in models]
+        avx512 = "yes" if identity["avx512f"] else "no"
+        lines.append(f"| {cpu} | {identity['vendor']} | {sizes} | {avx512} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
+
+
+def _size(kib: int | None) -> str:
+    if kib is None:
+        return "?"
+    return f"{kib // 1024} MiB" if kib >= 1024 and kib % 1024 == 0 else f"{kib} KiB"
 
 
 if __name__ == "__main__":
