@@ -12,6 +12,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -177,6 +179,26 @@ def _filter_startup_noise() -> None:
     atexit.register(restore)
 
 
+def _stop_with_parent(name: str, poll_s: float = 1.0) -> None:
+    """Interrupt this stage (as Ctrl-C would) once the process that started it is gone.
+
+    After a SIGKILL of ``dvc repro`` the stage would otherwise train on unseen, and a new
+    ``dvc repro`` would find nothing to do while it still writes. A thread, not
+    prctl(PR_SET_PDEATHSIG): that one fires when the parent *thread* ends.
+    """
+    parent = os.getppid()
+    if parent == 1:  # started by init, or the parent already left: nothing to watch
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"{name}: the process that started it (pid {parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     """Run a stage's ``main`` with logging set up and user errors reported as one line.
 
@@ -190,6 +212,7 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     level = os.environ.get("STAGE_LOG_LEVEL", "INFO")
     for logger in ("__main__", "stages"):
         logging.getLogger(logger).setLevel(level)
+    _stop_with_parent(name)
     try:
         if lock:
             variant = sys.argv[1] if len(sys.argv) > 1 and re.fullmatch(r"\w[\w-]*", sys.argv[1]) else None
