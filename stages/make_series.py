@@ -77,7 +77,6 @@ ACTUAL_PREFIX = "Actual Total Load [MW]"
 MISSING = {"", "-", "n/e", "N/A", "n/a"}
 UTC_OFFSET = {"CET": dt.timedelta(hours=1), "CEST": dt.timedelta(hours=2)}
 EXAMPLES = 10  # how many bad rows, duplicates and gaps the report lists
-MIN_DAYS = 14  # shorter series cannot be windowed (6 days per split at the default look_back of 5)
 
 _STAMP = r"(\d{2})\.(\d{2})\.(\d{4}) (\d{2}):(\d{2})(?: ?\((CET|CEST)\))?"
 _INTERVAL = re.compile(rf"^{_STAMP} - {_STAMP}$")
@@ -109,6 +108,8 @@ class SeriesParams(Section):
         description="longest run of hours without a load value that may be "
         "interpolated later; a longer one stops the stage",
     )
+    # Checked where the data is read: tfrecords_series needs look_back + 1 whole days in each split.
+    min_days: int = Field(14, ge=0, description="a series shorter than this many days stops the stage")
     synthetic: Synthetic = Synthetic()
 
     @model_validator(mode="after")
@@ -428,9 +429,9 @@ def main() -> None:
 
     parsed = parse_entsoe(text, name, p.on_bad_row)
     grid, found = hourly_grid(parsed)
-    if len(grid) < MIN_DAYS * 24:  # tfrecords_series would stop on it: stop here, where the data is read
+    if len(grid) < p.min_days * 24:  # tfrecords_series would stop on it: stop here, where the data is read
         raise StageError(
-            f"{name}: {len(grid)} hours of load, fewer than {MIN_DAYS} days ({MIN_DAYS * 24} hours); "
+            f"{name}: {len(grid)} hours of load, fewer than {p.min_days} days (series.min_days); "
             "tutorial 09's windows need look_back + 1 whole days in each of train, valid and test"
         )
     check_gaps(grid, name, p.max_gap_hours)
