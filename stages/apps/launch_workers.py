@@ -66,15 +66,14 @@ def launch(command: Sequence[str], workers: int, grace_s: float = 90.0) -> int:
     threads: list[threading.Thread] = []
     for index, config in enumerate(configs):
         env = {**os.environ, "TF_CONFIG": config}
+        pipe = None if index == 0 else subprocess.PIPE
         try:
-            if index == 0:
-                process = subprocess.Popen(command, env=env)
-            else:
-                process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            process = subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe)
         except OSError as exc:  # no such command, not executable
             _stop(processes)
             print(f"error: {command[0]}: cannot run it: {exc.strerror or exc}", file=sys.stderr, flush=True)
             return EXIT_USAGE
+        if index > 0:
             for stream, out in ((process.stdout, sys.stdout.buffer), (process.stderr, sys.stderr.buffer)):
                 assert stream is not None
                 thread = threading.Thread(
