@@ -40,6 +40,17 @@ STARTUP_NOISE = (
     "TF-TRT Warning: Could not find TensorRT",
 )
 _NOISE = re.compile("|".join(re.escape(s) for s in STARTUP_NOISE).encode())
+# TensorFlow's C++ log messages when a worker of a cluster dies: several lines each (the
+# unhealthy task, advice, a status payload), all said again by the stage's one `error:` line
+# (training.py). run_stage drops such a message from its first line to the one holding the
+# status payload ("[type.googleapis.com/...]"), at most _ABORT_MAX_LINES lines.
+PEER_ABORT_NOISE = (
+    "BaseCollectiveExecutor::StartAbort",
+    "] Aborting RingReduce with",
+)
+_ABORT = re.compile("|".join(re.escape(s) for s in PEER_ABORT_NOISE).encode())
+_ABORT_END = re.compile(rb"\[type\.googleapis\.com/")
+_ABORT_MAX_LINES = 12
 _PARTIAL_WAIT_S = 0.2  # an unterminated line (a tqdm bar's \r update) is shown after this pause
 
 EXIT_USER_ERROR = 2
@@ -91,6 +102,18 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
             broken = True
 
     pending = b""
+    aborting = 0  # > 0: inside a PEER_ABORT_NOISE message, lines left before giving up on its end
+
+    def keep(line: bytes) -> bool:
+        nonlocal aborting
+        if aborting:
+            aborting = 0 if _ABORT_END.search(line) else aborting - 1
+            return False
+        if _ABORT.search(line):
+            aborting = 0 if _ABORT_END.search(line) else _ABORT_MAX_LINES
+            return False
+        return not _NOISE.search(line)
+
     while True:
         ready, _, _ = select.select([fd_in], [], [], _PARTIAL_WAIT_S if pending else None)
         if not ready:  # a partial line and a pause: show it (unless it is noise still being written)
@@ -109,7 +132,7 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
         pending += chunk
         lines = re.split(rb"(?<=[\n\r])", pending)
         pending = lines.pop()  # the unterminated rest, maybe empty
-        kept = b"".join(line for line in lines if not _NOISE.search(line))
+        kept = b"".join(line for line in lines if keep(line))
         if kept:
             write(kept)
     if pending and not _NOISE.search(pending):
