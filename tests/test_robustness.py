@@ -31,13 +31,19 @@ import yaml
 
 from conftest import ROOT, run, stage_env
 from stages.apps.launch_workers import free_ports, tf_configs
-from stages.report import IMAGES
 from stages.samples.series import entsoe_csv
 from test_download_imdb import make_tarball, review_files
 from test_gate import GOOD, write_metrics
 from test_integrity import failed, leftovers, ok, set_params, snapshot, stage
 
 TOPS = ("data", "metrics", "models", "plots", "reports")
+IMAGES = (  # the images the stages draw, each linked from reports/summary.md
+    "plots/inspect_batches/fer2013_batch.png",
+    "plots/simple_nn/decision_boundary.png",
+    "plots/train_emotion_cnn/integrated_gradients.png",
+    "plots/train_load_rnn/forecast_days.png",
+    "plots/train_sentiment_rnn/memory_cells.png",
+)
 
 
 def as_user(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
