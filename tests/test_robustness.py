@@ -379,6 +379,24 @@ def test_a_stage_stops_when_the_process_that_started_it_dies(workdir: Path, http
     assert snapshot(workdir, TOPS) == before and leftovers(workdir) == []
 
 
+def test_a_stage_under_nohup_outlives_its_parent(workdir: Path) -> None:
+    """`nohup python -m stages.x &` asks for the opposite: the stage finishes after its shell is gone."""
+    shell = subprocess.run(
+        ["sh", "-c", f"nohup {shlex.quote(sys.executable)} -m stages.make_series >/dev/null 2>&1 & echo $!"],
+        cwd=workdir,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    child = int(shell.stdout.strip())  # its shell has exited already
+    deadline = time.monotonic() + 120
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert json.loads((workdir / "metrics/data_series.json").read_text())["source"] == "synthetic"
+
+
 def test_the_docs_say_how_to_recover_from_a_bad_set_param_and_a_killed_temp_experiment() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "dvc exp run --temp" in readme

@@ -212,6 +212,8 @@ def _stop_with_parent(name: str, poll_s: float = 1.0) -> None:
     parent = os.getppid()
     if parent == 1:  # started by init, or the parent already left: nothing to watch
         return
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # nohup: meant to outlive its parent
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
