@@ -3,9 +3,11 @@
 ``series.source: synthetic`` (default) writes a synthetic Spanish series as an
 ENTSO-E export (stages/samples/series.py) and parses it; ``series.source: path``
 parses a real "Total Load - Day Ahead / Actual" export; ``series.source: url``
-downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05)
-into ``data/downloads/series/``, checked against ``series.sha256`` and reused
-while it matches. Either way the same parser runs.
+downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05),
+checked against ``series.sha256``, into ``.dvc/tmp/downloads/series/``; it joins
+``data/downloads/series/`` (a DVC out) only with the stage's other outputs, and
+is reused from either place while it matches. A series shorter than
+``series.min_days`` stops the stage here rather than tfrecords_series later. Either way the same parser runs.
 
 Input: columns ``Time (CET)`` or ``Time (CET/CEST)`` (or ``Time (UTC)``),
 ``Day-ahead Total Load Forecast [MW] - ...`` (the grid operator's forecast,
