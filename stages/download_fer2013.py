@@ -350,9 +350,9 @@ def row_stats(
             ", ".join(f"{k} {v}" for k, v in found.items() if v),
             examples[0],
         )
-    for usage, n in zip(USAGES, counts.sum(axis=1), strict=True):
-        if n == 0:
-            log.warning("%s: no %s rows; the stages after this one need all three Usage splits", name, usage)
+    missing = [usage for usage, n in zip(USAGES, counts.sum(axis=1), strict=True) if n == 0]
+    if missing:  # tfrecords_fer2013 would stop on it: stop here, where the data is read
+        raise StageError(f"{name}: no {' or '.join(missing)} rows; every later stage needs all three Usage splits")
     n_pixels = rows * PIXELS
     mean = pixel_sum / n_pixels
     return {

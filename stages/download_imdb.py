@@ -163,12 +163,16 @@ def name_problem(name: str, label: str) -> tuple[str, str] | None:
     return None
 
 
-def find_root(path: Path) -> Path:
-    """The aclImdb folder: ``path`` itself or its ``aclImdb/`` child."""
+def find_root(path: Path, name: Path | None = None) -> Path:
+    """The aclImdb folder: ``path`` itself or its ``aclImdb/`` child. ``name``: what errors call
+    ``path`` (the tarball it was extracted from, not the scratch folder that is about to go)."""
     for candidate in (path, path / "aclImdb"):
         if (candidate / "train").is_dir() and (candidate / "test").is_dir():
             return candidate
-    raise StageError(f"{path}: no aclImdb tree here (expected train/ and test/ in it or in aclImdb/)")
+    base = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    missing = " and ".join(f"{d}/" for d in ("train", "test") if not (base / d).is_dir())
+    inside = "aclImdb/" if base != path else ""
+    raise StageError(f"{name or path}: no {inside}{missing} in it (expected train/ and test/ in it or in aclImdb/)")
 
 
 def normalize(
@@ -348,7 +352,7 @@ def acquire(
     log.info("extracting %s", archive)
     if extract_archive(archive, scratch, archive_filter(folders)) == 0:
         raise StageError(f"{archive}: no reviews in aclImdb/{{train,test}}/{{pos,neg}}/")
-    return find_root(scratch), sha256_file(archive), archive
+    return find_root(scratch, archive), sha256_file(archive), archive
 
 
 def main() -> None:

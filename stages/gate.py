@@ -88,13 +88,14 @@ def lookup(metrics: Any, key: str) -> Any:
 
 
 def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    """A finite number, or None: Infinity passes any floor and -Infinity any ceiling, NaN neither."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 
 
 def check(stage: str, file: str, metrics: Any, key: str, bound: float, kind: str) -> dict[str, Any]:
-    """One comparison; a missing, non-numeric or NaN value fails (a gate must not pass by omission)."""
+    """One comparison; a missing, non-numeric or non-finite value fails (a gate must not pass by omission)."""
     value = number(lookup(metrics, key))
     passed = value is not None and (value >= bound if kind == "floor" else value <= bound)
     return {"stage": stage, "file": file, "key": key, "value": value, "bound": bound, "kind": kind, "pass": passed}
@@ -103,7 +104,7 @@ def check(stage: str, file: str, metrics: Any, key: str, bound: float, kind: str
 def describe(c: dict[str, Any]) -> str:
     """``gate: stage file key 0.41 < floor 0.55`` for a failed check."""
     if c["value"] is None:
-        return f"gate: {c['stage']} {c['file']} {c['key']} missing or not a number ({c['kind']} {c['bound']:g})"
+        return f"gate: {c['stage']} {c['file']} {c['key']} missing or not a finite number ({c['kind']} {c['bound']:g})"
     sign = "<" if c["kind"] == "floor" else ">"
     return f"gate: {c['stage']} {c['file']} {c['key']} {c['value']:g} {sign} {c['kind']} {c['bound']:g}"
 
@@ -118,6 +119,8 @@ def run_checks(p: GateParams, root: Path = Path(".")) -> list[dict[str, Any]]:
             metrics = json.loads((root / file).read_text(encoding="utf-8"))
         except FileNotFoundError:
             fail(f"{file}: not found (run the stage {stage} first, or `dvc repro`)")
+        except UnicodeDecodeError as exc:
+            fail(f"{file}: not UTF-8 text (byte {exc.start}); expected the JSON metrics of {stage}")
         except json.JSONDecodeError as exc:
             fail(f"{file}: not valid JSON: {exc}")
         for kind, limits in (("floor", bounds.floor), ("ceiling", bounds.ceiling)):

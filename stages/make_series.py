@@ -3,9 +3,11 @@
 ``series.source: synthetic`` (default) writes a synthetic Spanish series as an
 ENTSO-E export (stages/samples/series.py) and parses it; ``series.source: path``
 parses a real "Total Load - Day Ahead / Actual" export; ``series.source: url``
-downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05)
-into ``data/downloads/series/``, checked against ``series.sha256`` and reused
-while it matches. Either way the same parser runs.
+downloads one (by default tutorial 09's Spanish export, 2015-01 to 2018-05),
+checked against ``series.sha256``, into ``.dvc/tmp/downloads/series/``; it joins
+``data/downloads/series/`` (a DVC out) only with the stage's other outputs, and
+is reused from either place while it matches. A series shorter than
+``series.min_days`` stops the stage here rather than tfrecords_series later. Either way the same parser runs.
 
 Input: columns ``Time (CET)`` or ``Time (CET/CEST)`` (or ``Time (UTC)``),
 ``Day-ahead Total Load Forecast [MW] - ...`` (the grid operator's forecast,
@@ -50,8 +52,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
 
-from stages.common.cli import StageError, run_stage
-from stages.common.download import download
+from stages.common.cli import LOCK_DIR, StageError, run_stage
+from stages.common.download import download, sha256_file
 from stages.common.outputs import atomic_outputs, keep_folder, write_csv, write_json
 from stages.common.params import Section, UserPath, load_params
 from stages.samples import series
@@ -62,6 +64,7 @@ SERIES_FILE = "load.csv"
 SAMPLE_FILE = "entsoe_total_load.csv"
 REPORT = Path("metrics/data_series.json")
 DOWNLOAD_DIR = Path("data/downloads/series")  # source: url; an out of this stage only
+DOWNLOAD_CACHE = Path(LOCK_DIR) / "downloads/series"  # a download in progress or not yet published
 # Tutorial 09's own file (REFERENCE.md): 29,232 hourly rows, 2015-01-01 to 2018-05-02.
 TUTORIAL_URL = (
     "https://raw.githubusercontent.com/madalinabuzau/tensorflow-eager-tutorials/master/"
@@ -107,6 +110,8 @@ class SeriesParams(Section):
         description="longest run of hours without a load value that may be "
         "interpolated later; a longer one stops the stage",
     )
+    # Checked where the data is read: tfrecords_series needs look_back + 1 whole days in each split.
+    min_days: int = Field(14, ge=0, description="a series shorter than this many days stops the stage")
     synthetic: Synthetic = Synthetic()
 
     @model_validator(mode="after")
@@ -394,6 +399,7 @@ def report(source: str, source_file: str, data: bytes, parsed: Parsed, grid: pd.
 
 def main() -> None:
     seed, p = load_params("series", SeriesParams)
+    new_download: Path | None = None  # source: url, a file to add to DOWNLOAD_DIR with the outputs
     if p.source == "path":
         assert p.path is not None  # SeriesParams requires it with source: path
         source = Path(p.path)
@@ -404,8 +410,14 @@ def main() -> None:
         name = str(source)
     elif p.source == "url":
         file_name = PurePosixPath(urlparse(p.url).path).name
-        dest = DOWNLOAD_DIR / (file_name if re.fullmatch(r"[\w.+-]+", file_name) else "entsoe_export.csv")
-        data = download(p.url, dest, p.sha256, p.size).read_bytes()
+        kept = DOWNLOAD_DIR / (file_name if re.fullmatch(r"[\w.+-]+", file_name) else "entsoe_export.csv")
+        assert p.sha256 is not None  # SeriesParams requires it with source: url
+        if kept.is_file() and sha256_file(kept) == p.sha256.lower():
+            data = kept.read_bytes()
+        else:
+            # Downloaded (and resumed) outside the DVC out, which changes only with the other outputs.
+            data = download(p.url, DOWNLOAD_CACHE / kept.name, p.sha256, p.size).read_bytes()
+            new_download = kept
         name = p.url
     else:
         # The generator's text in memory (series.write_sample would only write these bytes to a file).
@@ -419,6 +431,11 @@ def main() -> None:
 
     parsed = parse_entsoe(text, name, p.on_bad_row)
     grid, found = hourly_grid(parsed)
+    if len(grid) < p.min_days * 24:  # tfrecords_series would stop on it: stop here, where the data is read
+        raise StageError(
+            f"{name}: {len(grid)} hours of load, fewer than {p.min_days} days (series.min_days); "
+            "tutorial 09's windows need look_back + 1 whole days in each of train, valid and test"
+        )
     check_gaps(grid, name, p.max_gap_hours)
     # A local file is named by its name only in the committed report (the sha256 says which).
     data_report = report(p.source, Path(name).name if p.source == "path" else name, data, parsed, grid, found)
@@ -428,6 +445,10 @@ def main() -> None:
             (folder / SAMPLE_FILE).write_bytes(data)
         write_series(folder / SERIES_FILE, grid)
         write_json(out.file(REPORT), data_report)
+        if new_download is not None:
+            out.file(new_download).write_bytes(data)
+    if new_download is not None:
+        (DOWNLOAD_CACHE / new_download.name).unlink(missing_ok=True)  # now in the out (and DVC's cache)
     keep_folder(DOWNLOAD_DIR, "Downloaded load series (series.source: url) are kept here, checked by sha256.\n")
     log.info(
         "%s: %d hours %s .. %s, %d missing load values, %d missing hours in %d gaps, %d duplicates, "

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common.cli import run_stage
+from stages.common.cli import fail, run_stage
 from stages.common.distribute import DistributeSection
-from stages.common.params import read_params_file
+from stages.common.params import read_params_file, remember
 from stages.download_fer2013 import Fer2013Params
 from stages.download_imdb import ImdbParams
 from stages.gate import METRICS_FILES, GateParams
@@ -43,6 +43,15 @@ from stages.train_sentiment_rnn import TrainSentimentRnnParams
 SUMMARY = Path("reports/summary.md")
 GATE = Path("metrics/gate.json")
 PLOTS = Path("plots")
+# The images the stages draw (dvc.yaml's plots name them too): the page links each, and a missing
+# one stops the report instead of dropping its link (-> the stage that writes it).
+IMAGES: dict[str, str] = {
+    "plots/inspect_batches/fer2013_batch.png": "inspect_batches",
+    "plots/simple_nn/decision_boundary.png": "simple_nn",
+    "plots/train_emotion_cnn/integrated_gradients.png": "train_emotion_cnn",
+    "plots/train_load_rnn/forecast_days.png": "train_load_rnn",
+    "plots/train_sentiment_rnn/memory_cells.png": "train_sentiment_rnn",
+}
 DATA_REPORTS = {
     "aclImdb reviews": "metrics/data_imdb.json",
     "FER2013 faces": "metrics/data_fer2013.json",
@@ -143,8 +152,33 @@ def fmt(value: Any) -> str:
 
 
 def load(path: str) -> dict[str, Any] | None:
+    """A metrics file as a mapping, None if absent; a damaged one stops the report naming it."""
     file = Path(path)
-    return json.loads(file.read_text(encoding="utf-8")) if file.exists() else None
+    if not file.exists():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        fail(f"{path}: not UTF-8 text (byte {exc.start}); run the stage that writes it again")
+    except json.JSONDecodeError as exc:
+        fail(f"{path}: not valid JSON ({exc}); run the stage that writes it again")
+    if not isinstance(data, dict):
+        fail(f"{path}: expected a JSON object; run the stage that writes it again")
+    return data
+
+
+def load_gate() -> dict[str, Any] | None:
+    """metrics/gate.json, checked for the keys the page reads."""
+    gate = load(str(GATE))
+    if gate is None:
+        return None
+    checks = gate.get("checks")
+    keys = {"file", "key", "kind", "bound", "pass"}
+    if not isinstance(checks, list) or not all(isinstance(c, dict) and keys <= set(c) for c in checks):
+        fail(f"{GATE}: no list of checks (file, key, kind, bound, pass); run the gate again (python -m stages.gate)")
+    if not isinstance(gate.get("passed"), bool) or not isinstance(gate.get("checks_failed"), int):
+        fail(f"{GATE}: no passed / checks_failed; run the gate again (python -m stages.gate)")
+    return gate
 
 
 def metrics_section(gate: dict[str, Any] | None) -> list[str]:
@@ -225,7 +259,10 @@ def data_section() -> list[str]:
 
 
 def plots_section() -> list[str]:
-    pngs = sorted(p.as_posix() for p in PLOTS.rglob("*.png"))
+    for image, stage in IMAGES.items():
+        if not Path(image).is_file():
+            fail(f"{image}: not found (the stage {stage} draws it: run it again, or `dvc repro`)")
+    pngs = sorted({*IMAGES, *(p.as_posix() for p in PLOTS.rglob("*.png"))})
     return [
         "## Plots",
         "",
@@ -264,7 +301,7 @@ def render(params: dict[str, Any]) -> str:
         "",
     ]
     for part in (
-        metrics_section(load(str(GATE))),
+        metrics_section(load_gate()),
         data_section(),
         plots_section(),
         params_section(params),
@@ -276,11 +313,13 @@ def render(params: dict[str, Any]) -> str:
 
 def main() -> None:
     params = read_params_file()  # every section: the report has no params of its own
+    remember("", params)  # it shows them all: any change while it runs makes the page wrong
 
     from stages.common.outputs import atomic_outputs
 
+    text = render(params)  # every input checked before anything is written
     with atomic_outputs() as out:
-        out.file(SUMMARY).write_text(render(params), encoding="utf-8")
+        out.file(SUMMARY).write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 - ``drop_after`` / ``drops``: the next ``drops`` responses send only
   ``drop_after`` body bytes, then close the socket (a dropped connection);
 - ``stall``: responses send their headers, then nothing until the server stops;
-- ``ignore_range``: answer Range requests with the whole file (200).
+- ``ignore_range``: answer Range requests with the whole file (200);
+- ``hold``: a cleared ``threading.Event``: responses send their headers, then wait until it is set
+  before the body (a download that is under way until the test lets it finish).
 
 ``server.requests`` records ``(path, Range header or None)`` per request.
 """
@@ -28,6 +30,8 @@ class FileServer:
         self.drops = 1
         self.stall = False
         self.ignore_range = False
+        self.hold = threading.Event()
+        self.hold.set()
         self._released = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -45,6 +49,7 @@ class FileServer:
 
     def __exit__(self, *exc: object) -> None:
         self._released.set()  # let stalled handlers finish
+        self.hold.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -82,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         if server.stall:
             server._released.wait(timeout=60)
             return
+        server.hold.wait(timeout=60)
         if server.drop_after is not None and server.drops > 0:
             server.drops -= 1
             self.wfile.write(chunk[: server.drop_after])

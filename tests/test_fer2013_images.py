@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -261,6 +262,12 @@ def make_bad(root: Path, bad: str) -> Path:
     elif bad == "not an image":
         path = angry / "notes.txt"
         path.write_text("hello\n")
+    elif bad == "empty file":  # issue 23: OpenCV raised cv2.error on 0 bytes, and skip could not skip it
+        path = angry / "im3.png"
+        path.write_bytes(b"")
+    elif bad == "no test folder":  # issue 23: accepted with a warning, tfrecords_fer2013 failed later
+        path = root / "test"
+        shutil.rmtree(path)
     elif bad == "colour image":
         path = angry / "im3.png"
         write_image(path, np.dstack([np.full((48, 48), v, np.uint8) for v in (0, 128, 255)]))
@@ -286,6 +293,8 @@ BAD = {  # damage -> (reason counted with skip, what the error line says)
     "wrong size": ("wrong_size", "47x48 pixels, expected 48x48"),
     "unreadable file": ("unreadable_image", "not an image OpenCV can read"),
     "not an image": ("unreadable_image", "not an image OpenCV can read"),
+    "empty file": ("unreadable_image", "an empty file (0 bytes)"),
+    "no test folder": (None, "no such folder (the PrivateTest images)"),
     "colour image": ("not_grey", "a colour image"),
     "unknown folder": ("unknown_folder", "unknown emotion folder 'contempt'"),
     "outside emotion folder": ("outside_emotion_folder", "not in an emotion folder"),
@@ -313,7 +322,7 @@ def test_a_bad_file_is_one_line_naming_it_and_keeps_the_outputs(workdir: Path, t
     assert r["bad_rows"]["found"][reason] == 1 and r["bad_rows"]["skipped"] == 1
     assert r["bad_rows"]["examples"][0].startswith(f"{named}: {message}")
     assert r["rows"] == sum((16, 3, 16, 24, 16, 8, 16)) + 14 - (
-        bad in ("wrong size", "unreadable file", "colour image")
+        bad in ("wrong size", "unreadable file", "colour image", "empty file")
     )
 
 

@@ -86,7 +86,8 @@ def test_stage_passes_then_fails_with_one_line_per_failed_check_and_keeps_the_re
     assert lines == [
         "gate: save_restore metrics/save_restore.json max_abs_diff 1e-06 > ceiling 0",
         "gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy 0.41 < floor 0.55",
-        "gate: train_load_rnn metrics/load_forecast.json skill_vs_best_naive missing or not a number (floor 0.2)",
+        "gate: train_load_rnn metrics/load_forecast.json skill_vs_best_naive "
+        "missing or not a finite number (floor 0.2)",
     ]
     assert result.stderr.splitlines()[-1] == "error: quality gate: 3 of 24 checks failed (all in metrics/gate.json)"
     report = json.loads((workdir / "metrics/gate.json").read_text())  # written although the gate failed

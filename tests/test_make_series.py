@@ -227,14 +227,14 @@ def test_stage_defaults_round_trip_and_determinism(workdir: Path) -> None:
 def test_stage_path_source_fail_and_skip(workdir: Path) -> None:
     bad = SPRING.replace('"20000","20100"', '"20000","lots"')
     (workdir / "export.csv").write_text(bad, encoding="utf-8")
-    set_series(workdir, {"source": "path", "path": "export.csv", "on_bad_row": "fail"})
+    set_series(workdir, {"source": "path", "path": "export.csv", "min_days": 0, "on_bad_row": "fail"})
     result = run(MODULE, workdir, check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: export.csv line 9: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (workdir / "data").exists() and not (workdir / "metrics").exists()
 
-    set_series(workdir, {"source": "path", "path": "export.csv", "on_bad_row": "skip"})
+    set_series(workdir, {"source": "path", "path": "export.csv", "min_days": 0, "on_bad_row": "skip"})
     run(MODULE, workdir)
     report = json.loads((workdir / "metrics/data_series.json").read_text())
     assert report["source"] == "path" and report["bad_rows"] == 1 and report["bad_row_examples"][0].startswith("line 9")

@@ -52,6 +52,34 @@ def test_filter_drops_only_the_listed_lines_and_keeps_bytes_and_partial_lines() 
     )
 
 
+def test_tensorflow_lines_about_a_dead_worker_are_dropped_whole() -> None:
+    """Issue 23: a killed worker's `error:` line came after ~6 raw lines of TensorFlow's C++ log."""
+    read_in, write_in = os.pipe()
+    read_out, write_out = os.pipe()
+    data = (
+        b"simple_nn: epoch 3 loss 0.5\n"
+        b"E0000 00:00:1796587076.289003   23111 base_collective_executor.cc:252] "
+        b"BaseCollectiveExecutor::StartAbort UNAVAILABLE: Error reported from /job:worker/task:1: "
+        b"The following tasks are unhealthy (stopped sending heartbeats):\n"
+        b"/job:worker/replica:0/task:1\n"
+        b"The tasks have crashed. Check the task logs for an earlier error, or scheduler events.\n"
+        rb"[type.googleapis.com/tensorflow.CoordinationServiceError='\"\n\n\x06worker\x10\x01']"
+        b"\n"
+        b"E0000 00:00:1796587076.289077   23111 ring_alg.cc:291] Aborting RingReduce with UNAVAILABLE: "
+        b"Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks\n"
+        b"/job:worker/replica:0/task:1\n"
+        b"The error could be from a previous operation. [type.googleapis.com/tensorflow.DerivedStatus='']\n"
+        b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
+    )
+    os.write(write_in, data)
+    os.close(write_in)
+    filter_stream(read_in, write_out)
+    os.close(write_out)
+    assert os.read(read_out, 65536) == (
+        b"simple_nn: epoch 3 loss 0.5\nerror: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
+    )
+
+
 def test_tensorflow_start_up_lines_are_gone_and_a_real_tensorflow_error_still_shows(tmp_path: Path) -> None:
     body = """
     import tensorflow as tf

@@ -313,6 +313,17 @@ def have_display() -> bool:
     return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
 
 
+def check_out(out: Path, video: Path | None) -> None:
+    """Refuse an ``--out`` that is the input video or cannot be written, before the model loads."""
+    if video is not None and out.exists() and os.path.samefile(out, video):  # also through links
+        raise StageError(f"--out {out}: is the input video {video}; write the annotated copy to another file")
+    folder = out.parent
+    if not folder.is_dir():
+        folder = next((f for f in out.parents if f.is_dir()), Path("."))  # atomic_video creates the rest
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StageError(f"--out {out}: cannot write in {folder} (Permission denied)")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stages.apps.emotion_demo", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -339,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise StageError(f"{given}: no such file")
     if args.out is not None and args.out.suffix.lower() not in CODECS:
         raise StageError(f"--out {args.out}: use a .mp4 or .avi file name")
+    if args.out is not None:
+        check_out(args.out, args.video)
     if args.image is None and args.out is None and not have_display():
         raise StageError(NO_WINDOW)
     # Inputs first (cheap), then the model (TensorFlow takes seconds to import).

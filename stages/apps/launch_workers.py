@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import socket
@@ -62,13 +63,17 @@ def launch(command: Sequence[str], workers: int, grace_s: float = 90.0) -> int:
     """Run ``command`` as ``workers`` local workers; return the first failure's exit status, or 0."""
     configs = tf_configs(free_ports(workers))
     processes: list[subprocess.Popen[bytes]] = []
-    threads = []
+    threads: list[threading.Thread] = []
     for index, config in enumerate(configs):
         env = {**os.environ, "TF_CONFIG": config}
-        if index == 0:
-            process = subprocess.Popen(command, env=env)
-        else:
-            process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pipe = None if index == 0 else subprocess.PIPE
+        try:
+            process = subprocess.Popen(command, env=env, stdout=pipe, stderr=pipe)
+        except OSError as exc:  # no such command, not executable
+            _stop(processes)
+            print(f"error: {command[0]}: cannot run it: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
+        if index > 0:
             for stream, out in ((process.stdout, sys.stdout.buffer), (process.stderr, sys.stderr.buffer)):
                 assert stream is not None
                 thread = threading.Thread(
@@ -142,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command: python -m stages.apps.launch_workers -n 2 -- python -m stages.simple_nn")
     if args.workers < 1:
         parser.error(f"-n must be at least 1 (got {args.workers})")
+    if not math.isfinite(args.grace) or args.grace < 0:  # nan: the deadline would never pass
+        parser.error(f"--grace must be a finite number of seconds, 0 or more (got {args.grace:g})")
     return launch(command, args.workers, args.grace)
 
 

@@ -48,6 +48,8 @@ def extract_archive(archive: Path, target: Path, keep: Keep | None = None) -> in
         archive.open("rb").close()
     except OSError as exc:
         raise StageError(f"{archive}: cannot read it: {exc.strerror or exc}") from None
+    if archive.stat().st_size == 0:
+        raise StageError(f"{archive}: an empty file (0 bytes), not an archive")
     if zipfile.is_zipfile(archive):
         return extract_zip(archive, target, keep)
     return extract_tar(archive, target, keep)
@@ -87,7 +89,9 @@ def extract_tar(archive: Path, target: Path, keep: Keep | None = None) -> int:
             while tar.fileobj.read(1 << 20):
                 pass
     except CORRUPT as exc:
-        raise StageError(f"{archive}: not a readable tar archive, or truncated or corrupt ({exc})") from None
+        # tarfile.open lists every compression it tried, one line each: the first says enough
+        first = " ".join(str(exc).splitlines()[0].split()) if str(exc).strip() else type(exc).__name__
+        raise StageError(f"{archive}: not a readable tar archive, or truncated or corrupt ({first})") from None
     return count
 
 

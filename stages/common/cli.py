@@ -12,6 +12,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -38,6 +40,17 @@ STARTUP_NOISE = (
     "TF-TRT Warning: Could not find TensorRT",
 )
 _NOISE = re.compile("|".join(re.escape(s) for s in STARTUP_NOISE).encode())
+# TensorFlow's C++ log messages when a worker of a cluster dies: several lines each (the
+# unhealthy task, advice, a status payload), all said again by the stage's one `error:` line
+# (training.py). run_stage drops such a message from its first line to the one holding the
+# status payload ("[type.googleapis.com/...]"), at most _ABORT_MAX_LINES lines.
+PEER_ABORT_NOISE = (
+    "BaseCollectiveExecutor::StartAbort",
+    "] Aborting RingReduce with",
+)
+_ABORT = re.compile("|".join(re.escape(s) for s in PEER_ABORT_NOISE).encode())
+_ABORT_END = re.compile(rb"\[type\.googleapis\.com/")
+_ABORT_MAX_LINES = 12
 _PARTIAL_WAIT_S = 0.2  # an unterminated line (a tqdm bar's \r update) is shown after this pause
 
 EXIT_USER_ERROR = 2
@@ -89,6 +102,18 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
             broken = True
 
     pending = b""
+    aborting = 0  # > 0: inside a PEER_ABORT_NOISE message, lines left before giving up on its end
+
+    def keep(line: bytes) -> bool:
+        nonlocal aborting
+        if aborting:
+            aborting = 0 if _ABORT_END.search(line) else aborting - 1
+            return False
+        if _ABORT.search(line):
+            aborting = 0 if _ABORT_END.search(line) else _ABORT_MAX_LINES
+            return False
+        return not _NOISE.search(line)
+
     while True:
         ready, _, _ = select.select([fd_in], [], [], _PARTIAL_WAIT_S if pending else None)
         if not ready:  # a partial line and a pause: show it (unless it is noise still being written)
@@ -107,7 +132,7 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
         pending += chunk
         lines = re.split(rb"(?<=[\n\r])", pending)
         pending = lines.pop()  # the unterminated rest, maybe empty
-        kept = b"".join(line for line in lines if not _NOISE.search(line))
+        kept = b"".join(line for line in lines if keep(line))
         if kept:
             write(kept)
     if pending and not _NOISE.search(pending):
@@ -177,6 +202,28 @@ def _filter_startup_noise() -> None:
     atexit.register(restore)
 
 
+def _stop_with_parent(name: str, poll_s: float = 1.0) -> None:
+    """Interrupt this stage (as Ctrl-C would) once the process that started it is gone.
+
+    After a SIGKILL of ``dvc repro`` the stage would otherwise train on unseen, and a new
+    ``dvc repro`` would find nothing to do while it still writes. A thread, not
+    prctl(PR_SET_PDEATHSIG): that one fires when the parent *thread* ends.
+    """
+    parent = os.getppid()
+    if parent == 1:  # started by init, or the parent already left: nothing to watch
+        return
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # nohup: meant to outlive its parent
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"{name}: the process that started it (pid {parent}) is gone; stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     """Run a stage's ``main`` with logging set up and user errors reported as one line.
 
@@ -190,6 +237,7 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     level = os.environ.get("STAGE_LOG_LEVEL", "INFO")
     for logger in ("__main__", "stages"):
         logging.getLogger(logger).setLevel(level)
+    _stop_with_parent(name)
     try:
         if lock:
             variant = sys.argv[1] if len(sys.argv) > 1 and re.fullmatch(r"\w[\w-]*", sys.argv[1]) else None

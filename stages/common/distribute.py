@@ -21,7 +21,11 @@ params, before seeding.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,12 +33,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from stages.common.cli import StageError
-from stages.common.params import PARAMS_FILE, Section, read_params_file, validate
+from stages.common.params import MISSING, PARAMS_FILE, Section, read_params_file, remember, validate
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 SECTION = "distribute"
+
+log = logging.getLogger(__name__)
 
 
 class DistributeSection(Section):
@@ -51,11 +57,20 @@ class DistributeSection(Section):
         gt=0.0,
         description="multi_worker, for debugging a hung (alive) peer: a collective waiting longer than this fails",
     )
+    # TensorFlow waits for every worker TF_CONFIG names before the first op, in C++ and by default
+    # for an hour, deaf to Ctrl-C: one mistyped host or a worker never started hangs the stage.
+    cluster_timeout_s: float = Field(
+        300.0,
+        gt=0.0,
+        description="multi_worker: give up when the workers TF_CONFIG names have not all started within this",
+    )
 
 
 def load_distribute(path: Path = PARAMS_FILE) -> DistributeSection:
     """The ``distribute`` section (all defaults when the file has none)."""
     data = read_params_file(path)
+    if path == PARAMS_FILE:
+        remember(SECTION, data.get(SECTION, MISSING))
     return validate(DistributeSection, data.get(SECTION, {}), SECTION, path)
 
 
@@ -84,9 +99,27 @@ def cluster_task(environ: dict[str, str] | None = None) -> Task:
         task = config["task"]
         has_chief = bool(cluster.get("chief"))
         workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-        return Task(type=str(task["type"]), index=int(task["index"]), workers=workers, has_chief=has_chief)
+        this = Task(type=str(task["type"]), index=int(task["index"]), workers=workers, has_chief=has_chief)
+        jobs = {str(job): list(addresses) for job, addresses in cluster.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StageError(f"TF_CONFIG: not a cluster and task description ({exc!r}): {raw[:200]}") from None
+    # Checked here, in one line: TensorFlow raises a traceback for the first and waits forever on the second.
+    if not 0 <= this.index < len(jobs.get(this.type, [])):
+        raise StageError(
+            f"TF_CONFIG: task {this.type} {this.index} is not in the cluster "
+            f"({this.type}: {len(jobs.get(this.type, []))} addresses, indices from 0)"
+        )
+    for job, addresses in jobs.items():
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise StageError(f"TF_CONFIG: cluster {job}: {address!r} is not host:port with a port in 1-65535")
+    return this
+
+
+def cluster_address(task: Task) -> str:
+    """This task's host:port in ``TF_CONFIG`` (checked by cluster_task)."""
+    return str(json.loads(os.environ["TF_CONFIG"])["cluster"][task.type][task.index])
 
 
 def is_chief() -> bool:
@@ -136,7 +169,82 @@ def make_strategy(section: DistributeSection) -> tf.distribute.Strategy | None:
         implementation=tf.distribute.experimental.CommunicationImplementation.RING,
         timeout_seconds=section.timeout_s,
     )
+    with cluster_watchdog(section.cluster_timeout_s, task.workers):
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": this task's port is taken
+            address = cluster_address(task)
+            raise StageError(f"TF_CONFIG: task {task.type} {task.index} ({address}): {exc.message}") from None
+        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+            raise RuntimeError(f"{exc} (make_strategy must run before any other TensorFlow op)") from exc
+
+
+# The watchdog process: waits for a signal number on the wake fd, "done" (or EOF: the stage is
+# gone) on the done fd, or the timeout; on a signal or the timeout it prints its line and kills the stage.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, wake, done = (int(a) for a in sys.argv[1:4])
+timeout, message = float(sys.argv[4]), sys.argv[5]
+r, w = os.pipe()  # a SIGINT or SIGTERM sent to the whole process group reaches this process too
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda *_: None)
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+ready, _, _ = select.select([wake, done, r], [], [], timeout)
+if done in ready:
+    sys.exit(0)
+if wake in ready or r in ready:
+    name = signal.Signals(os.read(wake if wake in ready else r, 1)[0]).name
+    message = f"distribute: {name} while waiting for the cluster to form; stopped, nothing written"
+os.write(2, (message + "\\n").encode())
+os.kill(pid, signal.SIGKILL)
+"""
+
+
+@contextmanager
+def cluster_watchdog(timeout_s: float, workers: int) -> Iterator[None]:
+    """Kill this process if the block (the cluster's formation) outlasts ``timeout_s``, or on SIGINT or SIGTERM.
+
+    TensorFlow waits for the other workers inside one C++ call that holds the GIL: no Python
+    thread, signal handler or timeout runs until it returns. So a small process watches:
+    Python's C-level signal handler writes each signal's number to the wakeup fd (no GIL
+    needed), and the watchdog ends the stage with SIGKILL (nothing has been written yet; the
+    stage lock is an flock the kernel releases). The exit status is then 137 (killed).
+
+    SIGTERM sent to this process alone is not seen during the wait: TensorFlow's preemption
+    notifier replaces its handler inside that same call. A SIGTERM to the process group
+    (what a terminal or ``kill -- -PGID`` sends) reaches the watchdog, which acts on it;
+    afterwards the handlers from before are back (TensorFlow's one would ignore SIGTERM).
+    """
+    import subprocess
+    import sys
+
+    wake_read, wake_write = os.pipe()
+    done_read, done_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    message = (
+        f"error: TF_CONFIG: the cluster of {workers} workers did not form within {timeout_s:g} s "
+        "(distribute.cluster_timeout_s): a worker it names is not running, or a host or port is wrong"
+    )
+    watchdog = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _WATCHDOG]
+        + [str(os.getpid()), str(wake_read), str(done_read), str(timeout_s), message],
+        pass_fds=(wake_read, done_read),
+    )
+    os.close(wake_read)
+    os.close(done_read)
+    # A Python-level handler for both, so that the C-level one writes the wakeup fd (SIGTERM's
+    # default action would not); the watchdog acts on it.
+    handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_fd = signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    log.info("waiting up to %g s for the %d workers TF_CONFIG names", timeout_s, workers)
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
-        raise RuntimeError(f"{exc} (make_strategy must run before any other TensorFlow op)") from exc
+        yield
+    finally:
+        os.write(done_write, b"x")
+        watchdog.wait()
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        os.close(wake_write)
+        os.close(done_write)

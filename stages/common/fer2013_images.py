@@ -137,6 +137,13 @@ def list_faces(root: Path, where, bad: BadFiles) -> list[Face]:
     """The image files under the split folders of ``root``, checked by location, in output order."""
     faces = []
     splits = sorted((c for c in root.iterdir() if c.is_dir() and c.name.lower() in SPLIT_FOLDERS), key=lambda c: c.name)
+    # Training and PrivateTest come only from these folders (PublicTest may be carved from train/):
+    # without one, every later stage would fail, so say which folder is missing here.
+    for usage, folder in ((0, "train"), (2, "test")):
+        if not any(SPLIT_FOLDERS[c.name.lower()] == usage for c in splits):
+            raise StageError(
+                f"{where(root / folder)}: no such folder (the {USAGES[usage]} images); every later stage needs them"
+            )
     for split in splits:
         folder_usage = SPLIT_FOLDERS[split.name.lower()]
         files = 0
@@ -186,7 +193,12 @@ def list_faces(root: Path, where, bad: BadFiles) -> list[Face]:
 
 def decode(data: bytes) -> tuple[np.ndarray | None, str | None, str | None, bool]:
     """``(48×48 uint8 face, None, None, converted)`` or ``(None, reason, message, False)``."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:  # cv2.imdecode raises on an empty buffer instead of returning None
+        return None, "unreadable_image", "an empty file (0 bytes)", False
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None or image.size == 0:
         return None, "unreadable_image", "not an image OpenCV can read (corrupt, truncated or another format)", False
     if image.shape[:2] != (SIDE, SIDE):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError
+from stages.common.params import check_params_unchanged
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,11 @@ class Outputs:
         Renames only until every new output is in place, so any failure puts
         every old output back where it was (all or nothing).
         """
+        try:
+            check_params_unchanged()  # outputs made with other params than params.yaml now says
+        except StageError:
+            self._abort()
+            raise
         for _tmp, final in self._pending:
             blocked = _undeletable(final)
             if blocked is not None:

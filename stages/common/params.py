@@ -7,6 +7,7 @@ the key, e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)``
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -79,6 +80,46 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     return data
 
 
+# What this process read from params.yaml (key -> value; "" the whole file), so that a stage can
+# tell, before it publishes outputs, that the file changed under it: `dvc exp run -S` writes
+# params.yaml before it takes DVC's lock, and a running `dvc repro` would then record the new
+# values in dvc.lock for outputs made with the old ones.
+_read: dict[str, Any] = {}
+
+
+def remember(key: str, value: Any) -> None:
+    """Record that this process acts on ``params.yaml``'s ``key`` (dotted; "" the whole file) = ``value``."""
+    _read.setdefault(key, value if value is MISSING else copy.deepcopy(value))
+
+
+MISSING = object()  # a key absent from params.yaml
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split(".") if key else []:
+        data = data.get(part, MISSING) if isinstance(data, dict) else MISSING
+    return data
+
+
+def check_params_unchanged() -> None:
+    """Fail if a value this process read from params.yaml differs from the file on disk now.
+
+    Called by stages.common.outputs before outputs are put in place.
+    """
+    if not _read:
+        return
+    try:
+        now = read_params_file()
+    except StageError as exc:
+        raise StageError(f"{exc} (changed while the stage ran; outputs not written)") from None
+    changed = [key or "(the file)" for key, value in _read.items() if _lookup(now, key) != value]
+    if changed:
+        raise StageError(
+            f"{PARAMS_FILE}: {', '.join(changed)} changed while the stage ran (by `dvc exp run -S`?); "
+            "outputs not written, since they were made with the values read at the start: run the stage again"
+        )
+
+
 def _describe(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -120,4 +161,7 @@ def load_params(section: str, model: type[M], path: Path = PARAMS_FILE) -> tuple
         if not isinstance(node, dict) or part not in node:
             raise StageError(f"{path}: {'.'.join(walked)}: missing section")
         node = node[part]
+    if path == PARAMS_FILE:
+        remember("seed", seed)
+        remember(section, node)
     return seed, validate(model, node, section, path)
