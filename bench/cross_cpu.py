@@ -303,6 +303,13 @@ def run_on(cpu: str | None, names: list[str], env: dict[str, str] | None = None,
     return result
 
 
+def _last_line(error: str) -> str:
+    """The telling line of a crashed run's stderr (the emulator's own warnings dropped)."""
+    lines = [line for line in error.splitlines() if line.strip() and not line.startswith("qemu-x86_64: warning")]
+    told = [line for line in lines if "what():" in line or "Error" in line]
+    return (told or lines or ["(no output)"])[-1].strip()
+
+
 def identify(cpu: str | None) -> dict[str, Any]:
     """What CPUID says natively (``cpu`` None) or under the emulator as ``cpu`` (no TensorFlow: seconds)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--identify"]
@@ -366,12 +373,18 @@ def main() -> None:
         futures = {pool.submit(run_on, cpu, args.models): cpu for cpu in args.cpus}
         if not args.no_native:
             futures[pool.submit(run_on, None, args.models)] = "native"
+        failed: dict[str, str] = {}
         for future in concurrent.futures.as_completed(futures):
             cpu = futures[future]
-            runs[cpu] = future.result()
+            try:
+                runs[cpu] = future.result()
+            except RuntimeError as exc:  # a CPU on which the slices crash is a result too
+                failed[cpu] = _last_line(str(exc))
+                print(f"{cpu:16s} FAILED: {failed[cpu]}", flush=True)
+                continue
             print(f"{cpu:16s} done in {runs[cpu]['wall_seconds']:7.1f} s", flush=True)
-    ordered = {cpu: runs[cpu] for cpu in [*args.cpus, *([] if args.no_native else ["native"])]}
-    reference = args.cpus[0]
+    ordered = {cpu: runs[cpu] for cpu in [*args.cpus, *([] if args.no_native else ["native"])] if cpu in runs}
+    reference = next(iter(ordered))
     table = compare(ordered, args.models, reference)
     verdict = {name: all(row["equal"] for cpu, row in rows.items() if cpu != "native") for name, rows in table.items()}
     out = {
@@ -382,6 +395,7 @@ def main() -> None:
         "native_equal": {name: rows["native"]["equal"] for name, rows in table.items() if "native" in rows},
         "table": table,
         "cpus": {cpu: run["cpu"] for cpu, run in ordered.items()},
+        "failed": {cpu: {"error": error, "cpu": identify(cpu)} for cpu, error in failed.items()},
         "seconds": {cpu: run["wall_seconds"] for cpu, run in ordered.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
         "machine": machine_info(),
@@ -404,6 +418,14 @@ def markdown_table(out: dict[str, Any]) -> str:
         marks = ["=" if out["table"][m][cpu]["equal"] else f"`{out['table'][m][cpu]['weights'][:8]}`" for m in models]
         avx512 = "yes" if identity["avx512f"] else "no"
         lines.append(f"| {cpu} | {identity['vendor']} | {sizes} | {avx512} | " + " | ".join(marks) + " |")
+    for cpu, failure in out.get("failed", {}).items():
+        identity = failure["cpu"]
+        sizes = " / ".join(_size(identity["caches_kib"].get(level)) for level in ("L1d", "L2", "L3"))
+        avx512 = "yes" if identity["avx512f"] else "no"
+        crashed = f"crashed: {failure['error']}"
+        lines.append(
+            f"| {cpu} | {identity['vendor']} | {sizes} | {avx512} | " + " | ".join([crashed] * len(models)) + " |"
+        )
     return "\n".join(lines)
 
 
