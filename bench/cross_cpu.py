@@ -422,10 +422,8 @@ def markdown_table(out: dict[str, Any]) -> str:
         identity = failure["cpu"]
         sizes = " / ".join(_size(identity["caches_kib"].get(level)) for level in ("L1d", "L2", "L3"))
         avx512 = "yes" if identity["avx512f"] else "no"
-        crashed = f"crashed: {failure['error']}"
-        lines.append(
-            f"| {cpu} | {identity['vendor']} | {sizes} | {avx512} | " + " | ".join([crashed] * len(models)) + " |"
-        )
+        crashed = [f"crashed: {failure['error'].removeprefix('what():').strip()}"] + ["—"] * (len(models) - 1)
+        lines.append(f"| {cpu} | {identity['vendor']} | {sizes} | {avx512} | " + " | ".join(crashed) + " |")
     return "\n".join(lines)
 
 
