@@ -74,7 +74,7 @@ def test_the_gate_fails_infinite_and_nan_metrics(workdir: Path) -> None:
     )
     assert "Infinity" in (workdir / "metrics/emotion_cnn.json").read_text()
     result = stage(workdir, "gate")
-    failed(result, "error: quality gate: 3 of 22 checks failed")
+    failed(result, "error: quality gate: 3 of 24 checks failed")
     assert "gate: train_emotion_cnn metrics/emotion_cnn.json test_accuracy missing or not a finite number" in (
         result.stderr
     )
