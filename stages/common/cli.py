@@ -215,11 +215,17 @@ def _stop_with_parent(name: str, poll_s: float = 1.0) -> None:
     if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:  # nohup: meant to outlive its parent
         return
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def watch() -> None:
+        # Signals are the main thread's: one delivered to this thread would not interrupt the main
+        # thread's blocking call (a sleep, a download), and Python runs its handlers there anyway.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         while os.getppid() == parent:
             time.sleep(poll_s)
         print(f"{name}: the process that started it (pid {parent}) is gone; stopping", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(main, signal.SIGINT)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
