@@ -63,7 +63,11 @@ def stage(root: Path, name: str, *args: str, env: dict[str, str] | None = None) 
 
 def unprivileged(root: Path, name: str) -> subprocess.CompletedProcess:
     """Run a stage bound by file permissions (see the module docstring)."""
-    command = [sys.executable, "-m", f"stages.{name}"]
+    return as_user([sys.executable, "-m", f"stages.{name}"], root)
+
+
+def as_user(command: list[str], root: Path) -> subprocess.CompletedProcess:
+    """Run ``command`` in ``root`` bound by file permissions (see the module docstring)."""
     if os.geteuid() != 0:
         return run(command, root, check=False)
     capsh = shutil.which("capsh")

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from stages.apps.launch_workers import free_ports, tf_configs
 from stages.samples.series import entsoe_csv
 from test_download_imdb import make_tarball, review_files
 from test_gate import GOOD, write_metrics
-from test_integrity import failed, leftovers, ok, set_params, snapshot, stage
+from test_integrity import as_user, failed, leftovers, ok, set_params, snapshot, stage
 
 TOPS = ("data", "metrics", "models", "plots", "reports")
 IMAGES = (  # the images the stages draw, each linked from reports/summary.md
@@ -44,18 +43,6 @@ IMAGES = (  # the images the stages draw, each linked from reports/summary.md
     "plots/train_load_rnn/forecast_days.png",
     "plots/train_sentiment_rnn/memory_cells.png",
 )
-
-
-def as_user(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``command`` bound by file permissions (root without CAP_DAC_OVERRIDE, as tests/test_integrity.py)."""
-    if os.geteuid() != 0:
-        return run(command, cwd, check=False)
-    capsh = shutil.which("capsh")
-    if capsh is None:
-        pytest.skip("capsh (libcap2-bin) is not installed: cannot drop root's CAP_DAC_OVERRIDE")
-    return run(
-        [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)], cwd, check=False
-    )
 
 
 # --- defect 1: the gate and non-finite metrics ----------------------------------------------------
