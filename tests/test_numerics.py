@@ -93,3 +93,40 @@ def test_an_unknown_numerics_mode_is_one_line(workdir: Path) -> None:
         "error: EAGER_PIPELINE_NUMERICS='quick': must be one of reproducible, fast"
     ]
     assert not (workdir / "data").exists()
+
+
+def test_orthonormal_columns_is_the_qr_factor_with_a_positive_diagonal() -> None:
+    import numpy as np
+
+    from stages.common.numerics import orthonormal_columns
+
+    a = np.random.default_rng(0).standard_normal((144, 48))
+    q = orthonormal_columns(a)
+    assert q.dtype == np.float64 and q.shape == a.shape
+    assert np.abs(q.T @ q - np.eye(48)).max() < 1e-14
+    r = q.T @ a  # upper triangular with a positive diagonal: the unique QR
+    assert np.abs(np.tril(r, -1)).max() < 1e-12 and (np.diag(r) > 0).all()
+    reference, reference_r = np.linalg.qr(a)
+    assert np.abs(q - reference * np.sign(np.diag(reference_r))).max() < 1e-12
+    assert orthonormal_columns(a).tobytes() == q.tobytes() and (a == np.random.default_rng(0).standard_normal(a.shape)).all()
+    with pytest.raises(ValueError, match="column 2 is linearly dependent"):
+        orthonormal_columns(np.column_stack([a[:, 0], a[:, 1], a[:, 0] + a[:, 1]]))
+
+
+def test_the_reproducible_orthogonal_initializer_keeps_keras_draw_and_is_orthogonal() -> None:
+    import keras
+    import numpy as np
+
+    from stages.common import numerics
+
+    original = keras.initializers.Orthogonal(seed=7)((48, 144))  # recurrent kernels are (units, 3 or 4 units)
+    numerics.exact_orthogonal()
+    numerics.exact_orthogonal()  # idempotent
+    exact = np.asarray(keras.initializers.Orthogonal(seed=7)((48, 144)))
+    assert exact.dtype == np.float32 and exact.shape == (48, 144)
+    assert np.abs(exact @ exact.T - np.eye(48)).max() < 1e-6  # fewer rows than columns: orthonormal rows
+    assert 0 < np.abs(exact - np.asarray(original)).max() < 1e-5  # the same Gaussian draw, other rounding
+    gru = keras.layers.GRU(8)
+    gru.build((None, 5, 3))
+    kernel = np.asarray(gru.cell.recurrent_kernel)
+    assert np.abs(kernel @ kernel.T - np.eye(8)).max() < 1e-6

@@ -26,3 +26,4 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
     if numerics.mode() == "reproducible":
         numerics.exact_reciprocals()  # the same bits on Intel and AMD (stages/common/numerics.py)
+        numerics.exact_orthogonal()  # the same recurrent kernels whatever the CPU's caches
