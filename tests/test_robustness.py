@@ -205,22 +205,59 @@ def test_a_cluster_that_does_not_form_gives_up_after_cluster_timeout_s(workdir: 
     assert snapshot(workdir, TOPS) == {} and leftovers(workdir) == []
 
 
-@pytest.mark.parametrize("how", ["SIGINT to the stage", "SIGTERM to its process group"])
+@pytest.mark.parametrize("how", ["SIGINT to the stage", "SIGTERM to the stage", "SIGTERM to its process group"])
 def test_a_cluster_that_does_not_form_stops_on_a_signal_within_seconds(workdir: Path, how: str) -> None:
     process = cluster_stage(workdir, 300.0)
     wait_for_line(process, "waiting up to 300 s for the 2 workers")
     time.sleep(1)  # inside TensorFlow's wait
     sent = time.monotonic()
-    if how.startswith("SIGINT"):
-        process.send_signal(signal.SIGINT)
-    else:
+    if how.endswith("process group"):
         os.killpg(process.pid, signal.SIGTERM)
+    else:  # the stage's pid alone, as `kill PID` or a process manager sends it
+        process.send_signal(signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM)
     _, rest = process.communicate(timeout=60)
     assert time.monotonic() - sent < 10, rest
     name = how.split()[0]
     assert f"distribute: {name} while waiting for the cluster to form; stopped, nothing written" in rest, rest
     assert process.returncode != 0 and "Traceback" not in rest
     assert snapshot(workdir, TOPS) == {} and leftovers(workdir) == []
+
+
+# A stage that makes a multi-worker strategy (NumPy imported first, as train_emotion_cnn does), then
+# sends itself a SIGTERM: after the cluster formed SIGTERM is handled as in any stage.
+SIGTERM_PROBE = """
+import os, signal, time
+import numpy as np
+from stages.common.cli import run_stage
+from stages.common.distribute import DistributeSection, make_strategy
+
+def main():
+    make_strategy(DistributeSection(strategy="multi_worker"))
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    print("blocked", sorted(blocked), "default", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    run_stage(main, "probe", lock=False)
+"""
+
+
+def test_after_the_cluster_formed_sigterm_ends_the_stage_as_before(workdir: Path) -> None:
+    (workdir / "stages/sigterm_probe.py").write_text(SIGTERM_PROBE)
+    env = stage_env() | {"TF_CONFIG": tf_configs(free_ports(1))[0]}  # a cluster of one: forms at once
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.sigterm_probe"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == -signal.SIGTERM, result.stderr  # SIGTERM's default action, as without a cluster
+    assert result.stdout == "blocked [] default True\n", result.stderr
+    assert "while waiting for the cluster" not in result.stderr and time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+from stages.common import sigterm
+
 EXIT_USAGE = 2
 
 
@@ -153,4 +155,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sigterm.release()  # blocked at import if TF_CONFIG is set here (stages/common/sigterm.py)
     sys.exit(main())

@@ -237,6 +237,9 @@ def run_stage(main: Callable[[], None], name: str, lock: bool = True) -> None:
     argument, e.g. ``metrics_demo multiclass``); commands that write no stage
     outputs pass False.
     """
+    from stages.common import sigterm  # here: this file also runs as the stdlib-only filter script
+
+    sigterm.release()  # blocked while NumPy and TensorFlow started their threads (cluster workers only)
     _filter_startup_noise()  # before main() imports TensorFlow
     # Our loggers at INFO; libraries (TensorFlow's checkpoint chatter) only warnings.
     logging.basicConfig(level=logging.WARNING, format=f"{name}: %(message)s", stream=sys.stderr)

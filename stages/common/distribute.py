@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from stages.common import sigterm
 from stages.common.cli import StageError
 from stages.common.params import MISSING, PARAMS_FILE, Section, read_params_file, remember, validate
 
@@ -155,34 +156,41 @@ def make_strategy(section: DistributeSection) -> tf.distribute.Strategy | None:
         )
     if section.strategy == "none":
         return None
-    import tensorflow as tf
-
     if section.strategy == "mirrored":
+        import tensorflow as tf
+
         return tf.distribute.MirroredStrategy()
     if not os.environ.get("TF_CONFIG", "").strip():
         raise StageError(
             "distribute.strategy is multi_worker but TF_CONFIG is not set "
             "(start the workers with python -m stages.apps.launch_workers -n N -- <command>)"
         )
-    options = tf.distribute.experimental.CommunicationOptions(
-        # RING: the collectives that exist on CPU too (NCCL is GPU-only; AUTO picks NCCL on GPUs).
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        timeout_seconds=section.timeout_s,
-    )
-    with cluster_watchdog(section.cluster_timeout_s, task.workers):
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": this task's port is taken
-            address = cluster_address(task)
-            raise StageError(f"TF_CONFIG: task {task.type} {task.index} ({address}): {exc.message}") from None
-        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
-            raise RuntimeError(f"{exc} (make_strategy must run before any other TensorFlow op)") from exc
+    # SIGTERM blocked in every thread until the cluster formed, so that it stays pending where the
+    # watchdog sees it (stages/common/sigterm.py): from before TensorFlow's import starts threads.
+    with sigterm.held():
+        import tensorflow as tf
+
+        options = tf.distribute.experimental.CommunicationOptions(
+            # RING: the collectives that exist on CPU too (NCCL is GPU-only; AUTO picks NCCL on GPUs).
+            implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+            timeout_seconds=section.timeout_s,
+        )
+        with cluster_watchdog(section.cluster_timeout_s, task.workers):
+            try:
+                return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            except tf.errors.OpError as exc:  # e.g. "Could not start gRPC server": this task's port is taken
+                address = cluster_address(task)
+                raise StageError(f"TF_CONFIG: task {task.type} {task.index} ({address}): {exc.message}") from None
+            except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+                raise RuntimeError(f"{exc} (make_strategy must run before any other TensorFlow op)") from exc
 
 
 # The watchdog process: waits for a signal number on the wake fd, "done" (or EOF: the stage is
-# gone) on the done fd, or the timeout; on a signal or the timeout it prints its line and kills the stage.
+# gone) on the done fd, a SIGTERM pending in the stage (blocked in all its threads during the wait:
+# polled in /proc/<pid>/status), or the timeout; on a signal or the timeout it prints its line and
+# kills the stage.
 _WATCHDOG = """
-import os, select, signal, sys
+import os, select, signal, sys, time
 pid, wake, done = (int(a) for a in sys.argv[1:4])
 timeout, message = float(sys.argv[4]), sys.argv[5]
 r, w = os.pipe()  # a SIGINT or SIGTERM sent to the whole process group reaches this process too
@@ -190,11 +198,32 @@ for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda *_: None)
 os.set_blocking(w, False)
 signal.set_wakeup_fd(w)
-ready, _, _ = select.select([wake, done, r], [], [], timeout)
-if done in ready:
-    sys.exit(0)
-if wake in ready or r in ready:
-    name = signal.Signals(os.read(wake if wake in ready else r, 1)[0]).name
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # inherited blocked from the stage
+
+def sigterm_pending():
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("ShdPnd:"):
+                    return bool(int(line.split()[1], 16) & 1 << (signal.SIGTERM - 1))
+    except (OSError, ValueError):
+        pass
+    return False
+
+deadline = time.monotonic() + timeout
+name = None
+while name is None:
+    left = deadline - time.monotonic()
+    ready, _, _ = select.select([wake, done, r], [], [], max(0.0, min(left, 0.1)))
+    if done in ready:
+        sys.exit(0)
+    if wake in ready or r in ready:
+        name = signal.Signals(os.read(wake if wake in ready else r, 1)[0]).name
+    elif sigterm_pending():
+        name = "SIGTERM"
+    elif left <= 0:
+        break
+if name is not None:
     message = f"distribute: {name} while waiting for the cluster to form; stopped, nothing written"
 os.write(2, (message + "\\n").encode())
 os.kill(pid, signal.SIGKILL)
@@ -211,10 +240,13 @@ def cluster_watchdog(timeout_s: float, workers: int) -> Iterator[None]:
     needed), and the watchdog ends the stage with SIGKILL (nothing has been written yet; the
     stage lock is an flock the kernel releases). The exit status is then 137 (killed).
 
-    SIGTERM sent to this process alone is not seen during the wait: TensorFlow's preemption
-    notifier replaces its handler inside that same call. A SIGTERM to the process group
-    (what a terminal or ``kill -- -PGID`` sends) reaches the watchdog, which acts on it;
-    afterwards the handlers from before are back (TensorFlow's one would ignore SIGTERM).
+    SIGTERM needs more: TensorFlow's preemption notifier replaces the handler inside that same
+    call with one that only sets a flag. So the caller holds SIGTERM blocked in every thread of
+    the process (:func:`stages.common.sigterm.held`, make_strategy): a SIGTERM sent to this
+    process stays pending, and the watchdog polls for it (``ShdPnd`` in ``/proc/<pid>/status``).
+    A SIGTERM to the process group (what a terminal or ``kill -- -PGID`` sends) also reaches the
+    watchdog itself. Afterwards the handlers from before are back (TensorFlow's one would ignore
+    SIGTERM), and the caller unblocks SIGTERM.
     """
     import subprocess
     import sys
