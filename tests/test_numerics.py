@@ -108,7 +108,10 @@ def test_orthonormal_columns_is_the_qr_factor_with_a_positive_diagonal() -> None
     assert np.abs(np.tril(r, -1)).max() < 1e-12 and (np.diag(r) > 0).all()
     reference, reference_r = np.linalg.qr(a)
     assert np.abs(q - reference * np.sign(np.diag(reference_r))).max() < 1e-12
-    assert orthonormal_columns(a).tobytes() == q.tobytes() and (a == np.random.default_rng(0).standard_normal(a.shape)).all()
+    assert (
+        orthonormal_columns(a).tobytes() == q.tobytes()
+        and (a == np.random.default_rng(0).standard_normal(a.shape)).all()
+    )
     with pytest.raises(ValueError, match="column 2 is linearly dependent"):
         orthonormal_columns(np.column_stack([a[:, 0], a[:, 1], a[:, 0] + a[:, 1]]))
 

@@ -146,7 +146,7 @@ def exact_orthogonal() -> None:
 
     call.exact = True  # type: ignore[attr-defined]
     call.__doc__ = original.__doc__
-    Orthogonal.__call__ = call  # type: ignore[method-assign]
+    Orthogonal.__call__ = call
 
 
 def configure() -> str:
