@@ -35,9 +35,10 @@ From the hourly UTC grid ``data/raw/series/load.csv`` (stages/make_series.py):
    for every country's ENTSO-E export, whose clock is CET/CEST).
    Two optional additions per day: ``day_of_year`` its cosine and sine
    (``year_cos``, ``year_sin``: the yearly cycle of heating, cooling and the
-   August holidays), ``regional_holidays`` the share of the country's regions
-   that keep a holiday of their own that day (``regional_holiday_share``; Spain's
-   communities each add a few).
+   August holidays), ``regional_holidays`` the share of the country's
+   subdivisions in the ``holidays`` package that keep a holiday of their own that
+   day (``regional_holiday_share``, unweighted; for Spain the 17 communities,
+   Ceuta, Melilla and the city of Barcelona, each with a few holidays a year).
 
 Outputs: ``data/tfrecords/series/<split>-0000i-of-0000N.tfrecord``,
 ``spec.json`` and ``scaler.json``.
@@ -134,7 +135,7 @@ def calendar_names(day_of_year: bool = False, regional_holidays: bool = False) -
 
 
 def regions(country: str) -> tuple[str, ...]:
-    """The subdivisions (regions) the holidays package knows for ``country``; () if none."""
+    """The subdivisions the holidays package knows for ``country`` (regions, a few cities); () if none."""
     import holidays
 
     return tuple(holidays.country_holidays(country).subdivisions)
