@@ -295,13 +295,13 @@ def calendar_features(
     rows = []
     for day in dates:
         weekday = np.eye(7)[day.weekday()]
-        flags = [day in national, day + one_day in national, day - one_day in national]
+        flags = [float(day in national), float(day + one_day in national), float(day - one_day in national)]
         if day_of_year:
-            # A 365.25-day period: the same date lands on the same angle in leap and common years.
+            # One turn per mean year: after 28 February a leap year's dates sit a 1/365 turn later.
             angle = 2 * np.pi * (day.timetuple().tm_yday - 1) / 365.25
-            flags += [np.cos(angle), np.sin(angle)]
+            flags += [float(np.cos(angle)), float(np.sin(angle))]
         if regional_holidays:
-            flags.append(np.mean([day in r and day not in national for r in regional]))
+            flags.append(float(np.mean([day in r and day not in national for r in regional])))
         rows.append(np.concatenate([weekday, np.asarray(flags, float)]))
     return np.asarray(rows, np.float32)
 

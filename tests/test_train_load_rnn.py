@@ -157,7 +157,7 @@ def test_ensemble_seeds_checkpoints_and_schedule_params() -> None:
     with pytest.raises(ValidationError, match="ensemble"):
         TrainLoadRnnParams(ensemble=0)
     with pytest.raises(ValidationError, match="lr_schedule"):
-        TrainLoadRnnParams(lr_schedule="step")
+        TrainLoadRnnParams.model_validate({"lr_schedule": "step"})
     spec = {"splits": {"train": {"examples": 130}}}
     assert learning_rate(TrainLoadRnnParams(learning_rate=0.02), spec) == 0.02
     cosine = learning_rate(TrainLoadRnnParams(learning_rate=0.02, lr_schedule="cosine", max_epochs=10), spec)
