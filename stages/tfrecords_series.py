@@ -33,6 +33,12 @@ From the hourly UTC grid ``data/raw/series/load.csv`` (stages/make_series.py):
    (Spain's *puentes*, Christmas Eve). A UTC day is dated by its UTC date
    (it covers 23 of the 24 hours of the local day in CET/CEST; the same rule
    for every country's ENTSO-E export, whose clock is CET/CEST).
+   Two optional additions per day: ``day_of_year`` its cosine and sine
+   (``year_cos``, ``year_sin``: the yearly cycle of heating, cooling and the
+   August holidays), ``regional_holidays`` the share of the country's
+   subdivisions in the ``holidays`` package that keep a holiday of their own that
+   day (``regional_holiday_share``, unweighted; for Spain the 17 communities,
+   Ceuta, Melilla and the city of Barcelona, each with a few holidays a year).
 
 Outputs: ``data/tfrecords/series/<split>-0000i-of-0000N.tfrecord``,
 ``spec.json`` and ``scaler.json``.
@@ -72,6 +78,8 @@ SPLITS = ("train", "valid", "test")
 COLUMNS = ("timestamp_utc", "load_mw", "forecast_mw")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 CALENDAR_FEATURES = (*(f"weekday_{d}" for d in WEEKDAYS), "holiday", "day_before_holiday", "day_after_holiday")
+DAY_OF_YEAR_FEATURES = ("year_cos", "year_sin")
+REGIONAL_FEATURES = ("regional_holiday_share",)
 
 
 class TfrecordsSeriesParams(Section):
@@ -83,6 +91,10 @@ class TfrecordsSeriesParams(Section):
     country: str = Field(
         "ES",
         description="ISO 3166 code of the country whose national holidays flag the days (the PyPI holidays package)",
+    )
+    day_of_year: bool = Field(False, description="add the day of the year (cosine, sine) to each day's calendar")
+    regional_holidays: bool = Field(
+        False, description="add the share of the country's regions keeping a regional holiday that day"
     )
 
     @field_validator("country")
@@ -102,6 +114,31 @@ class TfrecordsSeriesParams(Section):
         if self.valid_fraction + self.test_fraction >= 0.9:
             raise ValueError("valid_fraction + test_fraction must be below 0.9, leaving days to train on")
         return self
+
+    @model_validator(mode="after")
+    def _has_regions(self) -> TfrecordsSeriesParams:
+        if self.regional_holidays and not regions(self.country):
+            raise ValueError(
+                f"regional_holidays: the holidays package knows no regions of {self.country!r} "
+                "(set regional_holidays: false)"
+            )
+        return self
+
+
+def calendar_names(day_of_year: bool = False, regional_holidays: bool = False) -> tuple[str, ...]:
+    """The calendar's features per day, in the TFRecords' order."""
+    return (
+        CALENDAR_FEATURES
+        + (DAY_OF_YEAR_FEATURES if day_of_year else ())
+        + (REGIONAL_FEATURES if regional_holidays else ())
+    )
+
+
+def regions(country: str) -> tuple[str, ...]:
+    """The subdivisions the holidays package knows for ``country`` (regions, a few cities); () if none."""
+    import holidays
+
+    return tuple(holidays.country_holidays(country).subdivisions)
 
 
 @dataclass
@@ -236,29 +273,52 @@ def fit_scaler(train: Split) -> dict[str, Any]:
     }
 
 
-def calendar_features(dates: list[dt.date], country: str) -> np.ndarray:
-    """``(len(dates), len(CALENDAR_FEATURES))`` float32: weekday one-hot, holiday, day before / after a holiday."""
+def calendar_features(
+    dates: list[dt.date], country: str, day_of_year: bool = False, regional_holidays: bool = False
+) -> np.ndarray:
+    """``(len(dates), n)`` float32: weekday one-hot, holiday, day before / after a holiday, then
+    with ``day_of_year`` its cosine and sine (the yearly cycle: heating, cooling, August), then with
+    ``regional_holidays`` the share of the regions keeping a holiday of their own that day
+    (unweighted: each region counts once)."""
     import holidays
 
     if not dates:
-        return np.zeros((0, len(CALENDAR_FEATURES)), np.float32)
+        return np.zeros((0, len(calendar_names(day_of_year, regional_holidays))), np.float32)
     years = range(dates[0].year - 1, dates[-1].year + 2)
     national = holidays.country_holidays(country, years=years)  # no subdivision: national holidays only
+    regional = (
+        [holidays.country_holidays(country, subdiv=r, years=years) for r in regions(country)]
+        if regional_holidays
+        else []
+    )
     one_day = dt.timedelta(days=1)
     rows = []
     for day in dates:
         weekday = np.eye(7)[day.weekday()]
-        flags = [day in national, day + one_day in national, day - one_day in national]
+        flags = [float(day in national), float(day + one_day in national), float(day - one_day in national)]
+        if day_of_year:
+            # One turn per mean year: after 28 February a leap year's dates sit a 1/365 turn later.
+            angle = 2 * np.pi * (day.timetuple().tm_yday - 1) / 365.25
+            flags += [float(np.cos(angle)), float(np.sin(angle))]
+        if regional_holidays:
+            flags.append(float(np.mean([day in r and day not in national for r in regional])))
         rows.append(np.concatenate([weekday, np.asarray(flags, float)]))
     return np.asarray(rows, np.float32)
 
 
-def windows(split: Split, look_back: int, scaler: dict[str, Any], country: str = "ES") -> list[dict[str, Any]]:
+def windows(
+    split: Split,
+    look_back: int,
+    scaler: dict[str, Any],
+    country: str = "ES",
+    day_of_year: bool = False,
+    regional_holidays: bool = False,
+) -> list[dict[str, Any]]:
     """The encoder items of one split: every day with ``look_back`` days before it in the split."""
     mean = np.asarray(scaler["mean"])
     scale = np.asarray(scaler["scale"])
     scaled = (split.load - mean) / scale
-    calendar = calendar_features(split.dates, country)
+    calendar = calendar_features(split.dates, country, day_of_year, regional_holidays)
     items = []
     for i in range(look_back, len(split.dates)):
         items.append(
@@ -312,13 +372,21 @@ def build_spec(
             "forecast_mw": {"dtype": "float32", "shape": [HOURS]},
             "target_day": {"dtype": "string", "shape": []},
             "weekday": {"dtype": "int64", "shape": []},
-            "calendar": {"dtype": "float32", "shape": [(p.look_back + 1) * len(CALENDAR_FEATURES)]},
+            "calendar": {
+                "dtype": "float32",
+                "shape": [(p.look_back + 1) * len(calendar_names(p.day_of_year, p.regional_holidays))],
+            },
         },
         "calendar": {
-            "features": list(CALENDAR_FEATURES),
+            "features": list(calendar_names(p.day_of_year, p.regional_holidays)),
             "days": "the look_back input days, then the target day (day-major)",
             "country": p.country,
-            "holidays": "national holidays of the PyPI holidays package (no regional ones), by UTC date",
+            "holidays": "national holidays of the PyPI holidays package (no regional ones), by UTC date"
+            + (
+                "; regional_holiday_share: regional ones, as the share of the regions keeping one"
+                if p.regional_holidays
+                else ""
+            ),
         },
         "label_feature": "target",
         "scaler": SCALER_FILE,
@@ -347,7 +415,7 @@ def main() -> None:
     days = whole_days(*read_load(RAW_CSV))
     splits = make_splits(days, p, RAW_CSV)
     scaler = fit_scaler(splits[0])
-    items = {s.name: windows(s, p.look_back, scaler, p.country) for s in splits}
+    items = {s.name: windows(s, p.look_back, scaler, p.country, p.day_of_year, p.regional_holidays) for s in splits}
     with atomic_outputs() as out:
         out_dir = out.directory(OUT_DIR)
         # One process: a few thousand small windows encode faster than a pool starts.

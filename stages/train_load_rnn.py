@@ -12,6 +12,15 @@ before / after a holiday), the input days' at the LSTM's steps and the target
 day's before ``Dense(16, relu)`` (stages/models/load_rnn.py). ``false`` is the
 tutorial's network exactly.
 
+``ensemble: N`` trains N such networks, the k-th with seed ``seed + k`` (so
+``ensemble: 1`` is the single network of ``seed``), and forecasts their mean: the
+networks' errors are partly independent, so the mean errs less than a typical
+member. Every figure below is then the mean forecast's; ``member_valid_mape``,
+``member_test_mape`` and ``member_best_epoch`` give each network alone, ``epochs``,
+``best_epoch``, ``history.tsv`` and ``model.weights.h5`` are the first network's
+(the others' weights: ``member-<k>.weights.h5``). ``lr_schedule: cosine`` decays
+Adam's rate to 0 over ``max_epochs``.
+
 A forecast is only worth having if it beats the seasonal-naive ones, so the
 test MAE in MW is reported next to two baselines computed on exactly the same
 test days:
@@ -56,6 +65,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -83,6 +93,12 @@ class TrainLoadRnnParams(TrainingSection):
     patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
     calendar_features: bool = Field(
         True, description="feed the days' calendar flags (weekday, holidays) to the network"
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="Adam's learning rate: constant, or a cosine decay to 0 over max_epochs"
+    )
+    ensemble: int = Field(
+        1, ge=1, le=64, description="networks trained with seeds seed, seed + 1, ...; their forecasts averaged"
     )
 
 
@@ -166,7 +182,7 @@ def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: P
         build_load_rnn(
             int(spec["look_back"]), lstm_units=p.lstm_units, dense_units=p.dense_units, n_calendar=n_calendar
         ),
-        keras.optimizers.Adam(learning_rate=p.learning_rate),
+        keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
         keras.losses.MeanSquaredError(),
         run_eagerly=p.run_eagerly,
     )
@@ -184,6 +200,30 @@ def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: P
         desc=STAGE,
     )
     return trainer, history
+
+
+def learning_rate(p: TrainLoadRnnParams, spec: Mapping):
+    """Adam's learning rate: the constant ``learning_rate``, or its cosine decay to 0 over ``max_epochs``.
+
+    A schedule of the optimizer's step counter, which the checkpoint holds, so a resumed run
+    continues on the same curve.
+    """
+    if p.lr_schedule == "constant":
+        return p.learning_rate
+    import keras
+
+    steps_per_epoch = -(-int(spec["splits"]["train"]["examples"]) // p.batch_size)
+    return keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=p.max_epochs * steps_per_epoch)
+
+
+def member_seeds(seed: int, ensemble: int) -> list[int]:
+    """The seeds of the ensemble's networks: ``seed`` first, so ``ensemble: 1`` is the single network."""
+    return [seed + k for k in range(ensemble)]
+
+
+def member_checkpoints(ckpt: Path, k: int) -> Path:
+    """Member ``k``'s resumable checkpoints: the run's folder for the first, a subfolder for the others."""
+    return ckpt if k == 0 else ckpt / f"member-{k}"
 
 
 def n_calendar_features(spec: Mapping, p: TrainLoadRnnParams) -> int:
@@ -317,13 +357,23 @@ def main() -> None:
 
     scaler = json.loads((DATA_DIR / read_spec(DATA_DIR)["scaler"]).read_text(encoding="utf-8"))
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
-    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
     calendar = bool(n_calendar_features(read_spec(DATA_DIR), p))
-    valid_mse = trainer.evaluate(series_batches(DATA_DIR, "valid", p.batch_size, calendar=calendar))["val_loss"]
     test, valid = collect(DATA_DIR, "test", p.batch_size), collect(DATA_DIR, "valid", p.batch_size)
-    predicted_scaled = trainer.predict(model_inputs(test, calendar, p.batch_size)).astype(np.float64)
+    members = []  # (trainer, history, valid forecast, test forecast) per seed, all scaled
+    for k, member_seed in enumerate(member_seeds(seed, p.ensemble)):
+        trainer, history = train_model(p, member_seed, DATA_DIR, member_checkpoints(ckpt, k))
+        predicted_valid = trainer.predict(model_inputs(valid, calendar, p.batch_size)).astype(np.float64)
+        predicted_test = trainer.predict(model_inputs(test, calendar, p.batch_size)).astype(np.float64)
+        members.append((trainer, history, predicted_valid, predicted_test))
+    trainer, history = members[0][:2]  # the first network's curve and weights stand for the run
+    predicted_scaled = np.mean([m[3] for m in members], axis=0)
+    predicted_valid_scaled = np.mean([m[2] for m in members], axis=0)
+    if p.ensemble == 1:  # Keras' own validation loss, as the early stopping saw it
+        valid_mse = trainer.evaluate(series_batches(DATA_DIR, "valid", p.batch_size, calendar=calendar))["val_loss"]
+    else:  # the averaged forecast's: no single network's loss describes it
+        valid_mse = float(np.mean((np.asarray(valid["target"], np.float64) - predicted_valid_scaled) ** 2))
     metrics, keep, predicted_mw = evaluate_forecasts(predicted_scaled, test, valid, scaler)
-    predicted_valid = inverse_transform(trainer.predict(model_inputs(valid, calendar, p.batch_size)), scaler)
+    predicted_valid = inverse_transform(predicted_valid_scaled, scaler)
     metrics |= {
         "valid_mse_scaled": valid_mse,
         "valid_mae_mw": mae(valid["target_mw"], predicted_valid),
@@ -331,6 +381,13 @@ def main() -> None:
         "epochs": len(history),
         "best_epoch": history.best_epoch,
     }
+    if p.ensemble > 1:  # what averaging bought: each network alone, on the same days
+        test_mw = np.asarray(test["target_mw"], np.float64)[keep]
+        metrics |= {
+            "member_valid_mape": [mape(valid["target_mw"], inverse_transform(m[2], scaler)) for m in members],
+            "member_test_mape": [mape(test_mw, inverse_transform(m[3], scaler)[keep]) for m in members],
+            "member_best_epoch": [m[1].best_epoch for m in members],
+        }
     log.info(
         "test MAE %.0f MW, MAPE %.2f %% (yesterday %.0f, last week %.0f): skill vs best naive %.3f; "
         "best epoch %d of %d",
@@ -362,7 +419,10 @@ def main() -> None:
             predicted_mw[shown],
             out.file(PLOTS / "forecast_days.png"),
         )
-        trainer.model.save_weights(out.directory(MODEL_DIR) / "model.weights.h5")
+        model_dir = out.directory(MODEL_DIR)
+        trainer.model.save_weights(model_dir / "model.weights.h5")
+        for k, member in enumerate(members[1:], start=1):
+            member[0].model.save_weights(model_dir / f"member-{k}.weights.h5")
     clear_checkpoints(ckpt)
 
 

@@ -340,6 +340,38 @@ def test_series_calendar_features_of_known_dates() -> None:
     assert calendar_features([dt.date(2018, 3, 30)], "ES")[0, names.index("holiday")] == 1  # Good Friday, movable
 
 
+def test_series_day_of_year_and_regional_holiday_features() -> None:
+    from pydantic import ValidationError
+
+    from stages.tfrecords_series import TfrecordsSeriesParams, calendar_names
+
+    days = [dt.date(2016, 1, 1), dt.date(2016, 7, 2), dt.date(2017, 7, 2), dt.date(2018, 3, 19)]
+    plain = calendar_features(days, "ES")
+    extra = calendar_features(days, "ES", day_of_year=True, regional_holidays=True)
+    names = calendar_names(day_of_year=True, regional_holidays=True)
+    assert names[: len(CALENDAR_FEATURES)] == CALENDAR_FEATURES
+    assert extra.shape == (4, len(CALENDAR_FEATURES) + 3) == (4, len(names)) and extra.dtype == np.float32
+    np.testing.assert_array_equal(extra[:, : len(CALENDAR_FEATURES)], plain)  # the flags are unchanged, appended to
+    year = extra[:, [names.index("year_cos"), names.index("year_sin")]]
+    np.testing.assert_allclose(year[0], [1.0, 0.0], atol=1e-6)  # 1 January: angle 0
+    np.testing.assert_allclose(year[1], [-1.0, 0.0], atol=0.02)  # early July: half a year on
+    np.testing.assert_allclose(year[1], year[2], atol=0.02)  # the same date in a leap and a common year
+    share = extra[:, names.index("regional_holiday_share")]
+    n_regions = len(regions_of_spain())
+    assert share[0] == 0  # New Year: national, so not a regional one
+    assert 0 < share[3] < 1 and share[3] * n_regions == pytest.approx(round(share[3] * n_regions))  # San José
+    assert calendar_features(days, "ES", day_of_year=True).shape == (4, len(CALENDAR_FEATURES) + 2)
+    assert calendar_features([], "ES", regional_holidays=True).shape == (0, len(CALENDAR_FEATURES) + 1)
+    with pytest.raises(ValidationError, match="regional_holidays: the holidays package knows no regions of 'IS'"):
+        TfrecordsSeriesParams(country="IS", regional_holidays=True)
+
+
+def regions_of_spain() -> tuple[str, ...]:
+    from stages.tfrecords_series import regions
+
+    return regions("ES")
+
+
 def test_series_country_param_changes_the_holidays() -> None:
     from pydantic import ValidationError
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ from stages.train_load_rnn import (
     evaluate_forecasts,
     evenly_spaced,
     inverse_transform,
+    learning_rate,
     mae,
     mape,
+    member_checkpoints,
+    member_seeds,
     naive_last_week,
     naive_yesterday,
     skill,
@@ -144,6 +148,23 @@ def test_calendar_model_keeps_the_tutorials_layers() -> None:
     assert tuple(out.shape) == (2, 24)
 
 
+def test_ensemble_seeds_checkpoints_and_schedule_params() -> None:
+    from pydantic import ValidationError
+
+    assert member_seeds(42, 1) == [42]  # ensemble: 1 is the single network of the run's seed
+    assert member_seeds(42, 3) == [42, 43, 44]
+    assert member_checkpoints(Path("ck"), 0) == Path("ck") and member_checkpoints(Path("ck"), 2) == Path("ck/member-2")
+    with pytest.raises(ValidationError, match="ensemble"):
+        TrainLoadRnnParams(ensemble=0)
+    with pytest.raises(ValidationError, match="lr_schedule"):
+        TrainLoadRnnParams.model_validate({"lr_schedule": "step"})
+    spec = {"splits": {"train": {"examples": 130}}}
+    assert learning_rate(TrainLoadRnnParams(learning_rate=0.02), spec) == 0.02
+    cosine = learning_rate(TrainLoadRnnParams(learning_rate=0.02, lr_schedule="cosine", max_epochs=10), spec)
+    assert cosine.decay_steps == 10 * 3  # 130 windows in batches of 64: 3 steps an epoch
+    assert float(cosine(0)) == pytest.approx(0.02) and float(cosine(30)) == pytest.approx(0.0, abs=1e-9)
+
+
 # --- the stage on the default synthetic series ------------------------------------------------------
 
 
@@ -209,3 +230,44 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6, abs=1e-6)
     for a, b in zip(resumed.model.weights, reference.model.weights, strict=True):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
+
+
+def set_params(root: Path, **sections: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in sections.items():
+        params[section] = {**params[section], **values}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_ensemble_with_a_richer_calendar_is_deterministic(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(project, root, symlinks=True)
+    set_params(root, tfrecords_series={"day_of_year": True, "regional_holidays": True})
+    set_params(root, train_load_rnn={"ensemble": 2, "max_epochs": 2, "lr_schedule": "cosine"})
+    run(["python", "-m", "stages.tfrecords_series"], root)
+    spec = json.loads((root / "data/tfrecords/series/spec.json").read_text())
+    assert spec["calendar"]["features"][-3:] == ["year_cos", "year_sin", "regional_holiday_share"]
+    assert spec["features"]["calendar"]["shape"] == [(spec["look_back"] + 1) * 13]
+    run(["python", "-m", "stages.train_load_rnn"], root)
+    first = (root / "metrics/load_forecast.json").read_bytes()
+    metrics = json.loads(first)
+    assert len(metrics["member_valid_mape"]) == len(metrics["member_test_mape"]) == 2
+    assert metrics["member_valid_mape"][0] != metrics["member_valid_mape"][1]  # two seeds, two networks
+    # The mean forecast's absolute errors are at most the members' mean (the triangle inequality).
+    assert metrics["valid_mape"] <= np.mean(metrics["member_valid_mape"]) + 1e-9
+    assert metrics["test_mape"] <= np.mean(metrics["member_test_mape"]) + 1e-9
+    assert metrics["member_best_epoch"][0] == metrics["best_epoch"] and metrics["epochs"] <= 2
+    assert (root / "models/load_rnn/member-1.weights.h5").stat().st_size > 0
+    run(["python", "-m", "stages.train_load_rnn"], root)
+    assert (root / "metrics/load_forecast.json").read_bytes() == first  # the same seeds, the same bytes
+
+
+def test_bad_ensemble_fails_in_one_line_and_keeps_outputs(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(project, root, symlinks=True)
+    before = (root / "metrics/load_forecast.json").read_bytes()
+    set_params(root, train_load_rnn={"ensemble": 0})
+    result = run(["python", "-m", "stages.train_load_rnn"], root, check=False)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "train_load_rnn.ensemble" in result.stderr
+    assert (root / "metrics/load_forecast.json").read_bytes() == before
