@@ -79,7 +79,7 @@ class TrainEmotionCnnParams(TrainingSection):
     )
     dropout: list[float] = Field([0.4, 0.3, 0.3, 0.3], description="dropout rate after each block")
     head_filters: list[int] = Field([256, 128, 256], description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
-    vgg_widths: list[int] = Field([24, 48, 96, 192], description="vgg: width of each stage (each halves the side)")
+    vgg_widths: list[int] = Field([16, 32, 64, 128], description="vgg: width of each stage (each halves the side)")
     vgg_convs_per_stage: int = Field(2, ge=1, le=4, description="vgg: 3×3 conv + BN + ReLU per stage")
     vgg_dense_units: int = Field(256, ge=1, description="vgg: width of the dense head")
     vgg_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="vgg: dropout before the logits")

@@ -63,8 +63,8 @@ def test_vgg_output_shape_and_parameter_count() -> None:
     assert model.output_shape == (None, 7)
     assert model(faces(3), training=False).shape == (3, 7)
     assert model.count_params() == vgg_params([4, 8, 8, 16], 2, 8)
-    recipe = build_model(TrainEmotionCnnParams(architecture="vgg", vgg_widths=[24, 48, 96, 192]), 7, 48)
-    assert recipe.count_params() == vgg_params([24, 48, 96, 192], 2, 256) == 1_106_655
+    recipe = build_model(TrainEmotionCnnParams(architecture="vgg"), 7, 48)  # the default widths 16-32-64-128
+    assert recipe.count_params() == vgg_params([16, 32, 64, 128], 2, 256) == 592_407
     three = build_model(TrainEmotionCnnParams(**{**TINY_VGG, "vgg_widths": [4, 8, 8]}, vgg_convs_per_stage=3), 7, 48)
     assert three.count_params() == vgg_params([4, 8, 8], 3, 8)  # 6×6 left before the head
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
