@@ -96,13 +96,16 @@ def clock_hz() -> tuple[float, str]:
     return 3e9, "assumed 3 GHz (no cpu MHz in /proc/cpuinfo)"
 
 
-def per_step(run, batches: list, warmup: int) -> float:
-    """Seconds per item of ``run`` over ``batches``, the first ``warmup`` of them not timed."""
+def per_step(run, batches: list, warmup: int, cpu: dict[str, float] | None = None, key: str = "") -> float:
+    """Wall seconds per item of ``run`` over ``batches``, the first ``warmup`` of them not timed; with
+    ``cpu``, also the process's CPU seconds per item (all its threads) as ``cpu[key]``."""
     for batch in batches[:warmup]:
         run(batch)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for batch in batches[warmup:]:
         run(batch)
+    if cpu is not None:
+        cpu[key] = (time.process_time() - start_cpu) / (len(batches) - warmup)
     return (time.perf_counter() - start) / (len(batches) - warmup)
 
 
@@ -132,7 +135,9 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
 
     def train_batches(epoch: int):
         data_ = image_batches(data, "train", p.batch_size, shuffle_seed=SEED, epoch=epoch).take(n)
-        return augment_batches(data_, SEED, epoch, p.augment_shift, 0, p.augment_flip, p.augment_rotation, p.augment_erasing)
+        return augment_batches(
+            data_, SEED, epoch, p.augment_shift, 0, p.augment_flip, p.augment_rotation, p.augment_erasing
+        )
 
     start = time.perf_counter()
     image_batches(data, "train", p.batch_size)  # decodes the split into the in-memory cache (once a process)
@@ -140,11 +145,12 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
 
     def pipeline_alone(epoch: int) -> float:
         iterator = iter(train_batches(epoch))
-        return per_step(lambda _: next(iterator), list(range(n)), warmup)
+        return per_step(lambda _: next(iterator), list(range(n)), warmup, cpu, "pipeline")
 
+    cpu: dict[str, float] = {}
     pipeline = pipeline_alone(0)
     cached = list(train_batches(1))  # tensors in memory: the step alone
-    step = per_step(lambda b: trainer.train_step(*b), cached, warmup)
+    step = per_step(lambda b: trainer.train_step(*b), cached, warmup, cpu, "step")
     float(trainer.train_loss.result())  # the steps are asynchronous only up to here
 
     def both_together() -> float:
@@ -153,19 +159,22 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
         def run(_):
             trainer.train_step(*next(iterator))
 
-        seconds = per_step(run, list(range(n)), warmup)
+        seconds = per_step(run, list(range(n)), warmup, cpu, "both")
         float(trainer.train_loss.result())
         return seconds
 
     both = both_together()
     valid_batches = list(image_batches(data, "valid", p.batch_size).take(min(valid_steps, n)))
-    valid = per_step(lambda b: trainer.eval_step(*b), valid_batches, min(warmup, len(valid_batches) - 1))
+    valid = per_step(lambda b: trainer.eval_step(*b), valid_batches, min(warmup, len(valid_batches) - 1), cpu, "valid")
 
     flops = forward_flops(trainer.model)
     epoch_flops = 3 * flops * train_faces + flops * valid_faces
     hz, clock_source = clock_hz()
     floor = epoch_flops / (CORES * FMA_UNITS * FLOATS_PER_VECTOR * FLOPS_PER_FMA * hz)
     epoch = both * train_steps + valid * valid_steps
+    # CPU seconds are less sensitive to other work on shared cores than wall seconds: half of them is
+    # the wall time the epoch would take if its 2 threads kept both cores busy, alone on them.
+    epoch_cpu = cpu["both"] * train_steps + cpu["valid"] * valid_steps
     result = {
         "params": int(trainer.model.count_params()),
         "forward_mflop_per_face": round(flops / 1e6, 2),
@@ -179,17 +188,28 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
             "valid_pass": round(valid * valid_steps, 1),
             "epoch": round(epoch, 1),
         },
+        "epoch_cpu_seconds": {
+            "pipeline_alone": round(cpu["pipeline"] * train_steps, 1),
+            "step_alone": round(cpu["step"] * train_steps, 1),
+            "both": round(cpu["both"] * train_steps, 1),
+            "valid_pass": round(cpu["valid"] * valid_steps, 1),
+            "epoch": round(epoch_cpu, 1),
+            "epoch_over_2_cores": round(epoch_cpu / CORES, 1),
+        },
         "cache_fill_seconds_once": round(cache_fill, 1),
         "floor_seconds": round(floor, 1),
         "ratio_to_floor": round(epoch / floor, 2),
+        "ratio_to_floor_cpu_over_2_cores": round(epoch_cpu / CORES / floor, 2),
         "clock_ghz": round(hz / 1e9, 3),
         "clock_source": clock_source,
         "overrides": overrides,
     }
     print(
         f"{name:9s} {result['params']:>9,d} params {result['epoch_tflop']:6.2f} TFLOP/epoch  "
-        f"pipeline {pipeline * train_steps:5.1f} s  step {step * train_steps:5.1f} s  both {both * train_steps:5.1f} s  "
-        f"valid {valid * valid_steps:4.1f} s  epoch {epoch:5.1f} s  floor {floor:5.1f} s  x{epoch / floor:.2f}",
+        f"pipeline {pipeline * train_steps:5.1f} s  step {step * train_steps:5.1f} s  "
+        f"both {both * train_steps:5.1f} s  "
+        f"valid {valid * valid_steps:4.1f} s  epoch {epoch:5.1f} s (CPU/2 {epoch_cpu / CORES:5.1f} s)  "
+        f"floor {floor:5.1f} s  x{epoch / floor:.2f}",
         flush=True,
     )
     return result
@@ -212,7 +232,10 @@ def main() -> None:
             stage(project, "tfrecords_fer2013")
             data = project / "data/tfrecords/fer2013"
         load = load_average()
-        networks = {name: measure(name, o, data, args.steps, args.warmup) for name, o in (("tutorial", TUTORIAL), ("recipe", RECIPE))}
+        networks = {
+            name: measure(name, o, data, args.steps, args.warmup)
+            for name, o in (("tutorial", TUTORIAL), ("recipe", RECIPE))
+        }
         spec = json.loads((data / "spec.json").read_text())
     result = {
         "numerics": mode(),

@@ -124,9 +124,7 @@ class TrainEmotionCnnParams(TrainingSection):
         if not 1 <= len(self.vgg_widths) <= 5 or min(self.vgg_widths) < 1:
             raise ValueError(f"vgg_widths: must be 1 to 5 positive widths (got {self.vgg_widths!r})")
         if self.warmup_epochs >= self.max_epochs:
-            raise ValueError(
-                f"warmup_epochs: must be less than max_epochs ({self.warmup_epochs} >= {self.max_epochs})"
-            )
+            raise ValueError(f"warmup_epochs: must be less than max_epochs ({self.warmup_epochs} >= {self.max_epochs})")
         return self
 
 

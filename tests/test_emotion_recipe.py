@@ -108,7 +108,9 @@ def test_two_seeded_runs_of_a_few_recipe_steps_are_identical() -> None:
 
     def train() -> list[np.ndarray]:
         seed_everything(11)
-        trainer = Trainer(build_model(p, 7, 48), make_optimizer(p, SPEC), WeightedCrossEntropy(None, "sum_over_batch_size", 0.1))
+        trainer = Trainer(
+            build_model(p, 7, 48), make_optimizer(p, SPEC), WeightedCrossEntropy(None, "sum_over_batch_size", 0.1)
+        )
         data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
         for images, labels in augment_batches(data, 11, 0, 4, 0, True, p.augment_rotation, p.augment_erasing):
             trainer.train_step(images, labels)
