@@ -26,7 +26,7 @@ copy (not timed); ``--data DIR`` times existing TFRecords (e.g. the real faces).
 Runs in the process's numerics: reproducible by default, ``EAGER_PIPELINE_NUMERICS=fast``
 for the other mode. Writes ``bench/results/fer2013_epoch.json``.
 
-    .venv/bin/python bench/bench_fer2013_epoch.py [--data data/tfrecords/fer2013] [--steps 30]
+    .venv/bin/python bench/bench_fer2013_epoch.py [--data data/tfrecords/fer2013 --data-name "real faces"] [--steps 30]
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ RECIPE: dict[str, Any] = {
     "vgg_widths": [16, 32, 64, 128],
     "vgg_dropout": 0.4,
     "optimizer": "sgd",
-    "learning_rate": 0.02,
+    "learning_rate": 0.01,
     "weight_decay": 0.005,
     "lr_schedule": "cosine",
     "warmup_epochs": 2,
@@ -218,6 +218,7 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="FER2013 TFRecords to time (default: the full synthetic sample)")
+    parser.add_argument("--data-name", default="given TFRecords", help="what --data holds, for the result file")
     parser.add_argument("--steps", type=int, default=30, help="batches timed per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="batches run first, not timed")
     args = parser.parse_args()
@@ -239,7 +240,7 @@ def main() -> None:
         spec = json.loads((data / "spec.json").read_text())
     result = {
         "numerics": mode(),
-        "data": "given TFRecords" if args.data else "full synthetic sample (fer2013.sample.preset: full)",
+        "data": args.data_name if args.data else "full synthetic sample (fer2013.sample.preset: full)",
         "train_faces": spec["splits"]["train"]["examples"],
         "valid_faces": spec["splits"]["valid"]["examples"],
         "steps_timed": args.steps,

@@ -83,6 +83,7 @@ class TrainEmotionCnnParams(TrainingSection):
     vgg_convs_per_stage: int = Field(2, ge=1, le=4, description="vgg: 3×3 conv + BN + ReLU per stage")
     vgg_dense_units: int = Field(256, ge=1, description="vgg: width of the dense head")
     vgg_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="vgg: dropout before the logits")
+    vgg_bn_momentum: float = Field(0.9, gt=0.0, lt=1.0, description="vgg: batch norm's moving-average momentum")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with (Nesterov) momentum")
     learning_rate: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd: momentum")
@@ -447,7 +448,14 @@ def build_model(p: TrainEmotionCnnParams, num_classes: int, side: int, synchroni
 
     if p.architecture == "vgg":
         return build_emotion_vgg(
-            p.vgg_widths, p.vgg_convs_per_stage, p.vgg_dense_units, p.vgg_dropout, num_classes, side, synchronized
+            p.vgg_widths,
+            p.vgg_convs_per_stage,
+            p.vgg_dense_units,
+            p.vgg_dropout,
+            num_classes,
+            side,
+            synchronized,
+            p.vgg_bn_momentum,
         )
     return build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, num_classes, side, synchronized)
 

@@ -69,6 +69,8 @@ def test_vgg_output_shape_and_parameter_count() -> None:
     assert three.count_params() == vgg_params([4, 8, 8], 3, 8)  # 6×6 left before the head
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert len(convs) == 8 and all(c.kernel_size == (3, 3) and not c.use_bias for c in convs)
+    norms = [layer for layer in model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    assert len(norms) == 9 and {n.momentum for n in norms} == {0.9}
 
 
 def test_label_smoothing_spreads_the_target() -> None:

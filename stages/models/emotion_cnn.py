@@ -107,18 +107,23 @@ def build_emotion_vgg(
     num_classes: int = 7,
     side: int = SIDE,
     synchronized: bool = False,
+    bn_momentum: float = 0.9,
 ):
     """VGG-style CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes).
 
     One stage per entry of ``widths`` (its convs' width); with four stages a 48 px
     face goes 48 -> 24 -> 12 -> 6 -> 3 pixels. ``dropout``: the rate before the logits.
+    ``bn_momentum``: batch norm's moving-average momentum. 0.9 (PyTorch's default, which
+    the published recipes used) rather than Keras' 0.99: with SGD's larger steps the
+    slower averages lag the weights, and the validation accuracy in inference mode
+    collapsed (0.16 against 0.30 after 200 steps on the real faces, lr 0.02).
     """
     import functools
 
     import keras
     from keras import layers
 
-    batch_norm = functools.partial(layers.BatchNormalization, synchronized=synchronized)
+    batch_norm = functools.partial(layers.BatchNormalization, synchronized=synchronized, momentum=bn_momentum)
     images = keras.Input((side, side, 1), name="images")  # (b, 48, 48, 1)
     x = images
     for i, width in enumerate(widths, start=1):
