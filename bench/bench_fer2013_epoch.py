@@ -10,9 +10,10 @@ batch -> the recipe's flips, shifts, rotations and erasing, whole batches):
 - ``both``: the two together, as ``Trainer.train_epoch`` runs them;
 - ``valid``: the PublicTest pass that ends every epoch (forward only).
 
-Each is timed over ``--steps`` batches after ``--warmup`` (tracing, caches) and
-extrapolated to the epoch's 449 batches (28,709 faces at batch 64): a few seconds
-of CPU each instead of whole epochs. ``epoch_seconds`` = both + valid.
+Each is timed over ``--steps`` batches after ``--warmup`` (tracing, caches), in
+``--rounds`` windows of which the fastest counts (other work on shared cores only
+slows a window down), and extrapolated to the epoch's 449 batches (28,709 faces at
+batch 64): seconds of CPU each instead of whole epochs. ``epoch_seconds`` = both + valid.
 
 The floor: the convolutions' and dense layers' multiply-adds by the layer shapes
 (batch norm, ReLU and pooling are memory-bound and left out), forward + backward
@@ -96,20 +97,28 @@ def clock_hz() -> tuple[float, str]:
     return 3e9, "assumed 3 GHz (no cpu MHz in /proc/cpuinfo)"
 
 
-def per_step(run, batches: list, warmup: int, cpu: dict[str, float] | None = None, key: str = "") -> float:
-    """Wall seconds per item of ``run`` over ``batches``, the first ``warmup`` of them not timed; with
-    ``cpu``, also the process's CPU seconds per item (all its threads) as ``cpu[key]``."""
+def per_step(
+    run, batches: list, warmup: int, rounds: int = 1, cpu: dict[str, float] | None = None, key: str = ""
+) -> float:
+    """Wall seconds per item of ``run`` over ``batches``, the first ``warmup`` of them not timed, the rest
+    timed in ``rounds`` windows: the fastest window's (other work on shared cores only slows a window
+    down). With ``cpu``, also the process's CPU seconds per item in that window (all its threads)."""
     for batch in batches[:warmup]:
         run(batch)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    for batch in batches[warmup:]:
-        run(batch)
+    timed = batches[warmup:]
+    size = max(1, len(timed) // rounds)
+    best = (math.inf, math.inf)
+    for first in range(0, size * rounds, size):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for batch in timed[first : first + size]:
+            run(batch)
+        best = min(best, ((time.perf_counter() - start) / size, (time.process_time() - start_cpu) / size))
     if cpu is not None:
-        cpu[key] = (time.process_time() - start_cpu) / (len(batches) - warmup)
-    return (time.perf_counter() - start) / (len(batches) - warmup)
+        cpu[key] = best[1]
+    return best[0]
 
 
-def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup: int) -> dict[str, Any]:
+def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup: int, rounds: int) -> dict[str, Any]:
     from stages.common.input_pipelines import image_batches, read_spec
     from stages.common.seeding import seed_everything
     from stages.common.training import Trainer
@@ -145,12 +154,12 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
 
     def pipeline_alone(epoch: int) -> float:
         iterator = iter(train_batches(epoch))
-        return per_step(lambda _: next(iterator), list(range(n)), warmup, cpu, "pipeline")
+        return per_step(lambda _: next(iterator), list(range(n)), warmup, rounds, cpu, "pipeline")
 
     cpu: dict[str, float] = {}
     pipeline = pipeline_alone(0)
     cached = list(train_batches(1))  # tensors in memory: the step alone
-    step = per_step(lambda b: trainer.train_step(*b), cached, warmup, cpu, "step")
+    step = per_step(lambda b: trainer.train_step(*b), cached, warmup, rounds, cpu, "step")
     float(trainer.train_loss.result())  # the steps are asynchronous only up to here
 
     def both_together() -> float:
@@ -159,13 +168,14 @@ def measure(name: str, overrides: dict[str, Any], data: Path, steps: int, warmup
         def run(_):
             trainer.train_step(*next(iterator))
 
-        seconds = per_step(run, list(range(n)), warmup, cpu, "both")
+        seconds = per_step(run, list(range(n)), warmup, rounds, cpu, "both")
         float(trainer.train_loss.result())
         return seconds
 
     both = both_together()
     valid_batches = list(image_batches(data, "valid", p.batch_size).take(min(valid_steps, n)))
-    valid = per_step(lambda b: trainer.eval_step(*b), valid_batches, min(warmup, len(valid_batches) - 1), cpu, "valid")
+    valid_warmup = min(warmup, len(valid_batches) - 1)
+    valid = per_step(lambda b: trainer.eval_step(*b), valid_batches, valid_warmup, rounds, cpu, "valid")
 
     flops = forward_flops(trainer.model)
     epoch_flops = 3 * flops * train_faces + flops * valid_faces
@@ -220,6 +230,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="FER2013 TFRecords to time (default: the full synthetic sample)")
     parser.add_argument("--data-name", default="given TFRecords", help="what --data holds, for the result file")
     parser.add_argument("--steps", type=int, default=30, help="batches timed per measurement")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="windows the timed batches are split into: the fastest counts"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="batches run first, not timed")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -234,7 +247,7 @@ def main() -> None:
             data = project / "data/tfrecords/fer2013"
         load = load_average()
         networks = {
-            name: measure(name, o, data, args.steps, args.warmup)
+            name: measure(name, o, data, args.steps, args.warmup, args.rounds)
             for name, o in (("tutorial", TUTORIAL), ("recipe", RECIPE))
         }
         spec = json.loads((data / "spec.json").read_text())
@@ -245,12 +258,13 @@ def main() -> None:
         "valid_faces": spec["splits"]["valid"]["examples"],
         "steps_timed": args.steps,
         "warmup_steps": args.warmup,
+        "rounds": args.rounds,
         **networks,
         "load_average_before": load,
         "load_average_after": load_average(),
-        "note": "per-batch times over a few batches, extrapolated to the epoch; the machine's 2 cores may be "
-        "shared: see the load averages. Floor: conv + dense FLOPs (forward + 2 x backward, plus the "
-        "validation forward) / (2 cores x 2 FMA x 8 floats x 2 flops x clock)",
+        "note": "per-batch times of the fastest of `rounds` windows of a few batches, extrapolated to the epoch; "
+        "the machine's 2 cores may be shared: see the load averages. Floor: conv + dense FLOPs (forward + "
+        "2 x backward, plus the validation forward) / (2 cores x 2 FMA x 8 floats x 2 flops x clock)",
     }
     write_result(RESULTS, result)
     print(f"-> {RESULTS.relative_to(ROOT)}")
