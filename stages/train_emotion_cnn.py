@@ -1,24 +1,32 @@
 """Stage ``train_emotion_cnn`` (tutorial 07): a CNN that tells seven facial expressions apart.
 
 The network, its SavedModel export and integrated gradients are in
-stages/models/emotion_cnn.py: the tutorial's four conv blocks and head; the
-blocks' and head's widths and the dropout rates are params.
+stages/models/emotion_cnn.py: the tutorial's four conv blocks and head (the
+default; the blocks' and head's widths and the dropout rates are params), or
+with ``architecture: vgg`` a VGG-style network (``vgg_*`` params).
 
 Trained with the shared eager loop (stages/common/training.py): Adam, batch
 64, early stopping on the PublicTest (``valid``) loss with the best weights
 restored, resumable checkpoints. PrivateTest (``test``) is used only for the
-final metrics. Three optional departures from the tutorial, off by default:
+final metrics. Optional departures from the tutorial, off by default:
 
 - ``class_weight: balanced``: each training example's loss is weighted by
   ``n / (k * count[class])`` (counts of the training split), as scikit-learn's
   "balanced"; the validation loss that early stopping watches is weighted the
   same way, so it tracks the objective being minimised;
 - ``augment: true``: random horizontal flips and shifts of up to
-  ``augment_shift`` pixels, drawn from (seed, epoch, batch) so a resumed run
-  sees the same images;
+  ``augment_shift`` pixels, and with ``augment_rotation`` / ``augment_erasing``
+  small rotations and random erasing, each one op on a whole batch, drawn from
+  (seed, epoch, batch) so a resumed run sees the same images;
 - ``lr_schedule: cosine``: the learning rate decays from ``learning_rate`` to 0
   along a cosine over ``max_epochs`` (Loshchilov & Hutter 2017), so the last
-  epochs fine-tune instead of bouncing around a minimum.
+  epochs fine-tune instead of bouncing around a minimum; ``warmup_epochs``
+  first raise it linearly from 0;
+- ``optimizer: sgd`` (Nesterov momentum), ``weight_decay``, ``label_smoothing``:
+  the training of the published VGG-style FER2013 recipes;
+- ``tta``: ``valid_accuracy`` and the test scores average the softmax over the
+  flipped (``flip``) and also shifted (``flip_crops``) views of each face; the
+  single view's accuracy stays in the metrics as ``*_single_view``.
 
 With ``distribute.strategy`` other than ``none`` (stages/common/distribute.py)
 the same training runs on the local devices or on the workers of ``TF_CONFIG``
