@@ -43,6 +43,7 @@ bench: setup
 	python bench/bench_tfrecords_fer2013.py
 	python bench/bench_input_pipelines.py
 	python bench/bench_train_emotion_cnn.py
+	python bench/bench_fer2013_epoch.py
 	python bench/bench_sentiment_rnn.py
 	python bench/bench_numerics.py
 

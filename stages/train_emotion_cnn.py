@@ -1,24 +1,32 @@
 """Stage ``train_emotion_cnn`` (tutorial 07): a CNN that tells seven facial expressions apart.
 
 The network, its SavedModel export and integrated gradients are in
-stages/models/emotion_cnn.py: the tutorial's four conv blocks and head; the
-blocks' and head's widths and the dropout rates are params.
+stages/models/emotion_cnn.py: the tutorial's four conv blocks and head (the
+default; the blocks' and head's widths and the dropout rates are params), or
+with ``architecture: vgg`` a VGG-style network (``vgg_*`` params).
 
 Trained with the shared eager loop (stages/common/training.py): Adam, batch
 64, early stopping on the PublicTest (``valid``) loss with the best weights
 restored, resumable checkpoints. PrivateTest (``test``) is used only for the
-final metrics. Three optional departures from the tutorial, off by default:
+final metrics. Optional departures from the tutorial, off by default:
 
 - ``class_weight: balanced``: each training example's loss is weighted by
   ``n / (k * count[class])`` (counts of the training split), as scikit-learn's
   "balanced"; the validation loss that early stopping watches is weighted the
   same way, so it tracks the objective being minimised;
 - ``augment: true``: random horizontal flips and shifts of up to
-  ``augment_shift`` pixels, drawn from (seed, epoch, batch) so a resumed run
-  sees the same images;
+  ``augment_shift`` pixels, and with ``augment_rotation`` / ``augment_erasing``
+  small rotations and random erasing, each one op on a whole batch, drawn from
+  (seed, epoch, batch) so a resumed run sees the same images;
 - ``lr_schedule: cosine``: the learning rate decays from ``learning_rate`` to 0
   along a cosine over ``max_epochs`` (Loshchilov & Hutter 2017), so the last
-  epochs fine-tune instead of bouncing around a minimum.
+  epochs fine-tune instead of bouncing around a minimum; ``warmup_epochs``
+  first raise it linearly from 0;
+- ``optimizer: sgd`` (Nesterov momentum), ``weight_decay``, ``label_smoothing``:
+  the training of the published VGG-style FER2013 recipes;
+- ``tta``: ``valid_accuracy`` and the test scores average the softmax over the
+  flipped (``flip``) and also shifted (``flip_crops``) views of each face; the
+  single view's accuracy stays in the metrics as ``*_single_view``.
 
 With ``distribute.strategy`` other than ``none`` (stages/common/distribute.py)
 the same training runs on the local devices or on the workers of ``TF_CONFIG``
@@ -71,21 +79,44 @@ CHECKPOINTS = Path("checkpoints")
 
 
 class TrainEmotionCnnParams(TrainingSection):
+    architecture: Literal["tutorial", "vgg"] = Field(
+        "tutorial", description="tutorial: the tutorial's network; vgg: VGG-style stages of 3×3 convs"
+    )
     block_filters: list[list[int]] = Field(
         [[16, 16], [32, 32], [64, 64], [64, 128]], description="(first conv, strided conv) widths of the four blocks"
     )
     dropout: list[float] = Field([0.4, 0.3, 0.3, 0.3], description="dropout rate after each block")
     head_filters: list[int] = Field([256, 128, 256], description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
+    vgg_widths: list[int] = Field([16, 32, 64, 128], description="vgg: width of each stage (each halves the side)")
+    vgg_convs_per_stage: int = Field(2, ge=1, le=4, description="vgg: 3×3 conv + BN + ReLU per stage")
+    vgg_dense_units: int = Field(256, ge=1, description="vgg: width of the dense head")
+    vgg_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="vgg: dropout before the logits")
+    vgg_bn_momentum: float = Field(0.9, gt=0.0, lt=1.0, description="vgg: batch norm's moving-average momentum")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with (Nesterov) momentum")
     learning_rate: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decoupled, per step: w -= lr * weight_decay * w")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: decay the learning rate to 0 over max_epochs (cosine curve)"
     )
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from 0 over this many epochs, then the schedule")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="share of each target spread over all classes")
     batch_size: int = Field(64, ge=1)
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
     class_weight: Literal["none", "balanced"] = "none"
     augment: bool = False
-    augment_shift: int = Field(3, ge=0, le=12, description="largest shift in pixels when augment is on")
+    augment_shift: int = Field(
+        3, ge=0, le=12, description="pad (edges repeated) and random crop: largest shift in pixels, when augment is on"
+    )
+    augment_flip: bool = Field(True, description="random horizontal flips, when augment is on")
+    augment_rotation: float = Field(0.0, ge=0.0, le=45.0, description="largest random rotation in degrees")
+    augment_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing a random rectangle")
+    tta: Literal["none", "flip", "flip_crops"] = Field(
+        "none", description="test-time augmentation of valid/test accuracy: softmax averaged over views"
+    )
+    tta_shift: int = Field(2, ge=1, le=12, description="flip_crops: the four crops' shift in pixels")
     ig_steps: int = Field(64, ge=1, description="integration intervals of integrated gradients")
 
     @model_validator(mode="after")
@@ -98,6 +129,11 @@ class TrainEmotionCnnParams(TrainingSection):
             raise ValueError(f"dropout: must be {len(KERNELS)} rates in [0, 1) (got {self.dropout!r})")
         if len(self.head_filters) != len(HEAD_KERNELS) or min(self.head_filters) < 1:
             raise ValueError(f"head_filters: must be {len(HEAD_KERNELS)} positive widths (got {self.head_filters!r})")
+        # Each stage halves the side: five take 48 px down to 1 px.
+        if not 1 <= len(self.vgg_widths) <= 5 or min(self.vgg_widths) < 1:
+            raise ValueError(f"vgg_widths: must be 1 to 5 positive widths (got {self.vgg_widths!r})")
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError(f"warmup_epochs: must be less than max_epochs ({self.warmup_epochs} >= {self.max_epochs})")
         return self
 
 
@@ -116,21 +152,35 @@ def class_weights(counts: Sequence[int], mode: str) -> np.ndarray | None:
 class WeightedCrossEntropy:
     """Softmax cross-entropy on logits, each example weighted by its class's weight (batch mean).
 
-    Like a Keras loss, it has a ``reduction`` and ``get_config``/``from_config``: under a
-    tf.distribute strategy the Trainer remakes it with ``reduction="sum"``.
+    ``label_smoothing`` ``s``: the target is ``1 - s`` on the true class plus ``s / k``
+    on every class (Szegedy et al. 2016). Like a Keras loss, it has a ``reduction`` and
+    ``get_config``/``from_config``: under a tf.distribute strategy the Trainer remakes it
+    with ``reduction="sum"``.
     """
 
-    def __init__(self, weights: Sequence[float] | np.ndarray | None, reduction: str = "sum_over_batch_size") -> None:
+    def __init__(
+        self,
+        weights: Sequence[float] | np.ndarray | None,
+        reduction: str = "sum_over_batch_size",
+        label_smoothing: float = 0.0,
+    ) -> None:
         import keras
         import tensorflow as tf
 
         self.reduction = reduction
-        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+        self.label_smoothing = label_smoothing
+        if label_smoothing:
+            # Keras' sparse loss has no smoothing: the dense one takes one-hot targets.
+            self.cross_entropy = keras.losses.CategoricalCrossentropy(
+                from_logits=True, label_smoothing=label_smoothing, reduction=reduction
+            )
+        else:
+            self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
         self.weights = None if weights is None else tf.constant(np.asarray(weights), tf.float32)
 
     def get_config(self) -> dict:
         weights = None if self.weights is None else self.weights.numpy().tolist()  # the same float32 values
-        return {"weights": weights, "reduction": self.reduction}
+        return {"weights": weights, "reduction": self.reduction, "label_smoothing": self.label_smoothing}
 
     @classmethod
     def from_config(cls, config: dict) -> WeightedCrossEntropy:
@@ -139,15 +189,29 @@ class WeightedCrossEntropy:
     def __call__(self, labels, logits):
         import tensorflow as tf
 
+        targets = tf.one_hot(labels, tf.shape(logits)[-1]) if self.label_smoothing else labels
         if self.weights is None:
-            return self.cross_entropy(labels, logits)
-        return self.cross_entropy(labels, logits, sample_weight=tf.gather(self.weights, labels))
+            return self.cross_entropy(targets, logits)
+        return self.cross_entropy(targets, logits, sample_weight=tf.gather(self.weights, labels))
 
 
-def augment_batches(batches, seed: int, epoch: int, max_shift: int, stream: int = 0):
-    """Random horizontal flips and shifts (edge pixels repeated), drawn from (seed, epoch, batch index).
+def augment_batches(
+    batches,
+    seed: int,
+    epoch: int,
+    max_shift: int,
+    stream: int = 0,
+    flip: bool = True,
+    rotation: float = 0.0,
+    erasing: float = 0.0,
+):
+    """Random horizontal flips, shifts (edge pixels repeated: pad and random crop), rotations of up to
+    ``rotation`` degrees and random erasing (probability ``erasing``), drawn from (seed, epoch, batch index).
 
-    ``stream``: the input pipeline (worker) drawing them, so that workers do not all draw the same.
+    Each is one vectorised op on the whole batch (no per-image Python). Shifts and
+    rotations are one projective transform: nearest-pixel for shifts alone (whole-pixel
+    moves, exact), bilinear when rotating. ``stream``: the input pipeline (worker)
+    drawing them, so that workers do not all draw the same.
     """
     import tensorflow as tf
 
@@ -159,25 +223,118 @@ def augment_batches(batches, seed: int, epoch: int, max_shift: int, stream: int 
         images, labels = batch
         flip_seed = tf.random.experimental.stateless_fold_in(base, 2 * index)
         shift_seed = tf.random.experimental.stateless_fold_in(base, 2 * index + 1)
-        images = tf.image.stateless_random_flip_left_right(images, flip_seed)
+        if flip:
+            images = tf.image.stateless_random_flip_left_right(images, flip_seed)
         n = tf.shape(images)[0]
         shifts = tf.cast(
             tf.random.stateless_uniform([n, 2], shift_seed, -max_shift, max_shift + 1, tf.int32), tf.float32
         )
-        # Projective transform rows [1, 0, dx, 0, 1, dy, 0, 0]: output (x, y) reads input (x + dx, y + dy).
-        ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
-        transforms = tf.concat([ones, zeros, shifts[:, :1], zeros, ones, shifts[:, 1:], zeros, zeros], axis=1)
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images,
-            transforms=transforms,
-            output_shape=tf.shape(images)[1:3],
-            fill_value=0.0,
-            interpolation="NEAREST",
-            fill_mode="NEAREST",
-        )
+        images = transform(images, shifts, rotation_angles(n, shift_seed, rotation) if rotation else None)
+        if erasing:
+            images = random_erasing(images, tf.random.experimental.stateless_fold_in(shift_seed, 2), erasing)
         return images, labels
 
     return batches.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def rotation_angles(n, seed, degrees: float):
+    """``n`` angles in radians, uniform in ±``degrees``, from their own stream of ``seed``."""
+    import math
+
+    import tensorflow as tf
+
+    rotation_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    limit = degrees * math.pi / 180.0
+    return tf.random.stateless_uniform([n], rotation_seed, -limit, limit)
+
+
+def transform(images, shifts, angles=None):
+    """Each image shifted by its ``(dx, dy)`` and, with ``angles``, rotated about its centre; edges repeated."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
+    dx, dy = shifts[:, :1], shifts[:, 1:]
+    if angles is None:
+        # Projective transform rows [1, 0, dx, 0, 1, dy, 0, 0]: output (x, y) reads input (x + dx, y + dy).
+        transforms = tf.concat([ones, zeros, dx, zeros, ones, dy, zeros, zeros], axis=1)
+        interpolation = "NEAREST"
+    else:
+        # Output (x, y) reads input R(angle) (x - c, y - c) + c + (dx, dy), c the centre.
+        c = (tf.cast(tf.shape(images)[2], tf.float32) - 1.0) / 2.0
+        cos, sin = tf.cos(angles)[:, None], tf.sin(angles)[:, None]
+        transforms = tf.concat(
+            [cos, -sin, c - cos * c + sin * c + dx, sin, cos, c - sin * c - cos * c + dy, zeros, zeros], axis=1
+        )
+        interpolation = "BILINEAR"
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation=interpolation,
+        fill_mode="NEAREST",
+    )
+
+
+def random_erasing(images, seed, probability: float, area=(0.02, 0.25), aspect=(0.3, 3.3)):
+    """Random erasing (Zhong et al. 2020): with ``probability``, a rectangle of ``area`` (share of the
+    image) and ``aspect`` (height / width, log-uniform) per image is replaced by uniform noise."""
+    import tensorflow as tf
+
+    seeds = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(5)]
+    shape = tf.shape(images)
+    n, height, width = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    share = tf.random.stateless_uniform([n], seeds[0], area[0], area[1])
+    ratio = tf.exp(tf.random.stateless_uniform([n], seeds[1], np.log(aspect[0]), np.log(aspect[1])))
+    h = tf.minimum(tf.sqrt(share * height * width * ratio), height)
+    w = tf.minimum(tf.sqrt(share * height * width / ratio), width)
+    corner = tf.random.stateless_uniform([n, 2], seeds[2])  # top-left, as a share of the free room
+    top, left = corner[:, 0] * (height - h), corner[:, 1] * (width - w)
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + h)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + w)[:, None, None])
+    )
+    erased = tf.random.stateless_uniform([n], seeds[3]) < probability
+    mask = (inside & erased[:, None, None])[..., None]  # (n, H, W, 1)
+    noise = tf.random.stateless_uniform(shape, seeds[4], dtype=images.dtype)
+    return tf.where(mask, noise, images)
+
+
+# --- test-time augmentation -----------------------------------------------------------------------
+
+
+def tta_views(images, mode: str, shift: int = 2) -> list:
+    """The views averaged by test-time augmentation: ``none`` the images; ``flip`` and their mirror
+    images; ``flip_crops`` also both shifted by ``shift`` pixels towards each corner (pad and crop,
+    edges repeated): ten views, the usual ten-crop at the input size."""
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images)
+    views = [images]
+    if mode in ("flip", "flip_crops"):
+        views.append(tf.image.flip_left_right(images))
+    if mode == "flip_crops":
+        n = tf.shape(images)[0]
+        for dx, dy in ((-shift, -shift), (-shift, shift), (shift, -shift), (shift, shift)):
+            shifted = transform(images, tf.tile(tf.constant([[dx, dy]], tf.float32), [n, 1]))
+            views += [shifted, tf.image.flip_left_right(shifted)]
+    return views
+
+
+def predict_probabilities(predict, images: np.ndarray, batch_size: int, mode: str, shift: int = 2) -> np.ndarray:
+    """Softmax of ``predict`` (images -> logits) averaged over the ``tta_views``, batch by batch."""
+    import tensorflow as tf
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        views = tta_views(images[i : i + batch_size], mode, shift)
+        out.append(tf.add_n([tf.nn.softmax(predict(v)) for v in views]).numpy() / len(views))
+    return np.concatenate(out)
 
 
 # --- explanation: the faces and their panel ----------------------------------------------------------
@@ -244,7 +401,6 @@ def train_model(
     from stages.common.input_pipelines import image_batches, read_spec
     from stages.common.seeding import seed_everything
     from stages.common.training import EarlyStopping, Trainer
-    from stages.models.emotion_cnn import build_emotion_cnn
 
     seed_everything(seed)
     spec = read_spec(data_dir)
@@ -255,10 +411,10 @@ def train_model(
         log.info("class weights: %s", ", ".join(f"{n} {w:.3g}" for n, w in zip(names, weights, strict=True)))
     side = int(spec.get("image_shape", [48])[0])
     synchronized = strategy is not None and strategy.num_replicas_in_sync > 1
-    loss = WeightedCrossEntropy(weights)
+    loss = WeightedCrossEntropy(weights, label_smoothing=p.label_smoothing)
     trainer = Trainer(
-        lambda: build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, len(names), side, synchronized),
-        lambda: keras.optimizers.Adam(learning_rate=learning_rate(p, spec)),
+        lambda: build_model(p, len(names), side, synchronized),
+        lambda: make_optimizer(p, spec),
         loss,
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
         run_eagerly=p.run_eagerly,
@@ -271,7 +427,10 @@ def train_model(
             data = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, input_context=context)
             if not p.augment:
                 return data
-            return augment_batches(data, seed, epoch, p.augment_shift, context.input_pipeline_id if context else 0)
+            stream = context.input_pipeline_id if context else 0
+            return augment_batches(
+                data, seed, epoch, p.augment_shift, stream, p.augment_flip, p.augment_rotation, p.augment_erasing
+            )
 
         return batches
 
@@ -291,18 +450,61 @@ def train_model(
     return trainer, history
 
 
+def build_model(p: TrainEmotionCnnParams, num_classes: int, side: int, synchronized: bool = False):
+    """The network ``architecture`` names (stages/models/emotion_cnn.py), with its params."""
+    from stages.models.emotion_cnn import build_emotion_cnn, build_emotion_vgg
+
+    if p.architecture == "vgg":
+        return build_emotion_vgg(
+            p.vgg_widths,
+            p.vgg_convs_per_stage,
+            p.vgg_dense_units,
+            p.vgg_dropout,
+            num_classes,
+            side,
+            synchronized,
+            p.vgg_bn_momentum,
+        )
+    return build_emotion_cnn(p.block_filters, p.dropout, p.head_filters, num_classes, side, synchronized)
+
+
+def make_optimizer(p: TrainEmotionCnnParams, spec: dict):
+    """Adam, or SGD with (Nesterov) momentum; Keras' decoupled weight decay when ``weight_decay`` > 0."""
+    import keras
+
+    decay = p.weight_decay or None  # None: the optimizer as the tutorial's, no decay step at all
+    if p.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=learning_rate(p, spec), momentum=p.momentum, nesterov=p.nesterov, weight_decay=decay
+        )
+    if decay is None:
+        return keras.optimizers.Adam(learning_rate=learning_rate(p, spec))
+    return keras.optimizers.Adam(learning_rate=learning_rate(p, spec), weight_decay=decay)
+
+
 def learning_rate(p: TrainEmotionCnnParams, spec: dict):
-    """Adam's learning rate: the constant ``learning_rate``, or its cosine decay to 0 over ``max_epochs``.
+    """The constant ``learning_rate``, or its cosine decay to 0 over ``max_epochs``; with
+    ``warmup_epochs``, first a linear rise from 0 over those epochs (then the decay over the rest).
 
     A schedule of the optimizer's step counter, which the checkpoint holds, so a resumed run
     continues on the same curve.
     """
-    if p.lr_schedule == "constant":
+    if p.lr_schedule == "constant" and not p.warmup_epochs:
         return p.learning_rate
     import keras
 
     steps_per_epoch = -(-int(spec["splits"]["train"]["examples"]) // p.batch_size)
-    return keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=p.max_epochs * steps_per_epoch)
+    if not p.warmup_epochs:
+        return keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=p.max_epochs * steps_per_epoch)
+    # Keras' warm-up: linear from initial_learning_rate (0) to warmup_target, then the cosine down to
+    # alpha * warmup_target; alpha 1 keeps a constant learning rate after the warm-up.
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=(p.max_epochs - p.warmup_epochs) * steps_per_epoch,
+        alpha=1.0 if p.lr_schedule == "constant" else 0.0,
+        warmup_target=p.learning_rate,
+        warmup_steps=p.warmup_epochs * steps_per_epoch,
+    )
 
 
 def collect_split(data_dir: Path, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,13 +519,26 @@ def collect_split(data_dir: Path, split: str, batch_size: int) -> tuple[np.ndarr
 
 
 def evaluate_test(
-    trainer, images: np.ndarray, labels: np.ndarray, names: Sequence[str], batch_size: int
-) -> tuple[dict, np.ndarray]:
-    """Accuracy, macro and per-class scores on the test split; also the logits."""
+    trainer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    batch_size: int,
+    tta: str = "none",
+    tta_shift: int = 2,
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Accuracy, macro and per-class scores on the test split; also the (single-view) logits and the
+    predicted classes. With ``tta`` other than ``none`` the scores and predictions are those of the
+    averaged views, and the single view's accuracy and macro F1 are kept as ``*_single_view``."""
     from stages.common.streaming_metrics import report as classification
 
     logits = trainer.predict([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
-    report = classification(labels, logits, len(names))
+    scores = logits
+    single = None
+    if tta != "none":
+        single = classification(labels, logits, len(names))
+        scores = predict_probabilities(trainer.predict_step, images, batch_size, tta, tta_shift)
+    report = classification(labels, scores, len(names))
     support = np.bincount(labels, minlength=len(names))
     metrics = {
         "test_accuracy": report["accuracy"],
@@ -342,7 +557,12 @@ def evaluate_test(
             for c, name in enumerate(names)
         },
     }
-    return metrics, logits
+    if single is not None:
+        metrics |= {
+            "test_accuracy_single_view": single["accuracy"],
+            "test_macro_f1_single_view": single["macro_f1"],
+        }
+    return metrics, logits, np.argmax(scores, axis=1)
 
 
 def explain(model, images: np.ndarray, labels: np.ndarray, names: Sequence[str], steps: int, path: Path) -> dict:
@@ -395,7 +615,18 @@ def main() -> None:
     if not chief:
         return  # that was the last step all workers take together; the chief writes the outputs
     images, labels = collect_split(DATA_DIR, "test", p.batch_size)
-    results, logits = evaluate_test(trainer, images, labels, names, p.batch_size)
+    results, logits, predicted = evaluate_test(trainer, images, labels, names, p.batch_size, p.tta, p.tta_shift)
+    tta = {}
+    if p.tta != "none":  # only then: the default run's metrics stay as they were
+        valid_images, valid_labels = collect_split(DATA_DIR, "valid", p.batch_size)
+        probabilities = predict_probabilities(trainer.predict_step, valid_images, p.batch_size, p.tta, p.tta_shift)
+        tta = {
+            "tta": p.tta,
+            "valid_accuracy_single_view": valid["val_accuracy"],
+            "test_accuracy_single_view": results.pop("test_accuracy_single_view"),
+            "test_macro_f1_single_view": results.pop("test_macro_f1_single_view"),
+        }
+        valid["val_accuracy"] = float(np.mean(np.argmax(probabilities, axis=1) == valid_labels))
     metrics = {
         "valid_accuracy": valid["val_accuracy"],
         "valid_loss": valid["val_loss"],
@@ -406,8 +637,9 @@ def main() -> None:
         "params": int(trainer.model.count_params()),
         "class_weight": p.class_weight,
         "augment": p.augment,
+        **({"architecture": p.architecture} if p.architecture != "tutorial" else {}),
+        **tta,
     }
-    predicted = np.argmax(logits, axis=1)
 
     with atomic_outputs() as out:
         model_dir = out.directory(MODEL_DIR)

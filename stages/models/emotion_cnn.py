@@ -1,4 +1,5 @@
-"""Tutorial 07's network: a CNN that tells seven facial expressions apart, its export and its explanation.
+"""Tutorial 07's network and a VGG-style one: CNNs that tell seven facial expressions apart, their export
+and their explanation.
 
 The tutorial's network, block for block (``build_emotion_cnn``): four blocks of
 ``conv -> BN -> strided conv -> BN -> ReLU -> dropout`` (48 -> 24 -> 12 -> 6 -> 3
@@ -8,6 +9,13 @@ Kernel sizes are the tutorial's (``KERNELS``, ``HEAD_KERNELS``); widths and
 dropout rates are arguments (the stage's params). Batch norm and dropout follow
 the ``training`` flag the caller passes. With the tutorial's widths it has
 559,671 parameters.
+
+``build_emotion_vgg`` is the architecture behind the best published single
+FER2013 networks (VGG-style, e.g. Khaireddin & Chen 2021), narrowed to a 2-core
+budget: stages of ``convs_per_stage`` × (3×3 conv -> BN -> ReLU), each stage
+then halving the side with a 2×2 max-pool, and a small dense head
+(``dense_units`` -> BN -> ReLU -> dropout -> logits). The convs have no bias:
+the batch norm after each would cancel it.
 
 ``export_saved_model`` writes a SavedModel that needs only TensorFlow
 (``tf.saved_model.load``), no code of this project::
@@ -89,6 +97,48 @@ def build_emotion_cnn(
     x = conv(num_classes, 3, 2, "logits_conv3x3_stride2")(x)  # (b, 1, 1, num_classes)
     logits = layers.Flatten(name="logits")(x)  # (b, 1, 1, k) -> (b, k) for 48 px faces
     return keras.Model(images, logits, name="emotion_cnn")
+
+
+def build_emotion_vgg(
+    widths: Sequence[int],
+    convs_per_stage: int = 2,
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    num_classes: int = 7,
+    side: int = SIDE,
+    synchronized: bool = False,
+    bn_momentum: float = 0.9,
+):
+    """VGG-style CNN: float32 (b, side, side, 1) in [0, 1] -> logits (b, num_classes).
+
+    One stage per entry of ``widths`` (its convs' width); with four stages a 48 px
+    face goes 48 -> 24 -> 12 -> 6 -> 3 pixels. ``dropout``: the rate before the logits.
+    ``bn_momentum``: batch norm's moving-average momentum. 0.9 (PyTorch's default, which
+    the published recipes used) rather than Keras' 0.99: with SGD's larger steps the
+    slower averages lag the weights, and the validation accuracy in inference mode
+    collapsed (0.16 against 0.30 after 200 steps on the real faces, lr 0.02).
+    """
+    import functools
+
+    import keras
+    from keras import layers
+
+    batch_norm = functools.partial(layers.BatchNormalization, synchronized=synchronized, momentum=bn_momentum)
+    images = keras.Input((side, side, 1), name="images")  # (b, 48, 48, 1)
+    x = images
+    for i, width in enumerate(widths, start=1):
+        for j in range(1, convs_per_stage + 1):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"stage{i}_conv{j}")(x)
+            x = batch_norm(name=f"stage{i}_bn{j}")(x)
+            x = layers.ReLU(name=f"stage{i}_relu{j}")(x)
+        x = layers.MaxPooling2D(2, name=f"stage{i}_pool")(x)  # (b, s/2, s/2, width)
+    x = layers.Flatten(name="flatten")(x)  # (b, 3 * 3 * widths[-1]) for 48 px and four stages
+    x = layers.Dense(dense_units, use_bias=False, name="dense")(x)
+    x = batch_norm(name="dense_bn")(x)
+    x = layers.ReLU(name="dense_relu")(x)
+    x = layers.Dropout(dropout, name="dense_dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(images, logits, name="emotion_vgg")
 
 
 # --- export -------------------------------------------------------------------------------------
