@@ -107,6 +107,11 @@ def test_batch_norm_and_dropout_follow_the_training_flag() -> None:
         ({"dropout": [0.4, 0.3]}, "train_emotion_cnn: dropout: must be 4 rates in [0, 1) (got [0.4, 0.3])"),
         ({"block_filters": [[16, 16], [32, 32], [64, 64]]}, "train_emotion_cnn: block_filters: must be 4 pairs"),
         ({"class_weight": "auto"}, "train_emotion_cnn.class_weight:"),
+        ({"architecture": "resnet"}, "train_emotion_cnn.architecture:"),
+        ({"vgg_widths": []}, "train_emotion_cnn: vgg_widths: must be 1 to 5 positive widths (got [])"),
+        ({"warmup_epochs": 30}, "train_emotion_cnn: warmup_epochs: must be less than max_epochs (30 >= 30)"),
+        ({"tta": "ten_crop"}, "train_emotion_cnn.tta:"),
+        ({"label_smoothing": 1.5}, "train_emotion_cnn.label_smoothing:"),
     ],
 )
 def test_bad_params_stop_with_one_line(workdir: Path, bad: dict, message: str) -> None:

@@ -1,20 +1,17 @@
 """The FER2013 recipe's options of ``train_emotion_cnn``: the VGG-style network, SGD + Nesterov with
 weight decay, warm-up, label smoothing, batch augmentation and test-time augmentation.
 
-Tiny widths and a few hand-made batches: no TFRecords, no stage run (except the bad-params lines).
+Tiny widths and a few hand-made batches: no TFRecords, no stage run (the bad recipe params are
+checked beside the other bad params in test_emotion_cnn.py).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import run
 from stages.train_emotion_cnn import (
     TrainEmotionCnnParams,
     WeightedCrossEntropy,
@@ -173,24 +170,3 @@ def test_flip_tta_equals_the_plain_prediction_on_a_flip_symmetric_face() -> None
     views = tta_views(other, "flip_crops", 2)
     assert len(views) == 10 and all(tuple(v.shape) == other.shape for v in views)
     np.testing.assert_array_equal(views[2].numpy()[:, 2:, 2:], other[:, :-2, :-2])  # a corner crop: a 2 px shift
-
-
-@pytest.mark.parametrize(
-    "bad, message",
-    [
-        ({"architecture": "resnet"}, "train_emotion_cnn.architecture:"),
-        ({"vgg_widths": []}, "train_emotion_cnn: vgg_widths: must be 1 to 5 positive widths (got [])"),
-        ({"warmup_epochs": 30}, "train_emotion_cnn: warmup_epochs: must be less than max_epochs (30 >= 30)"),
-        ({"tta": "ten_crop"}, "train_emotion_cnn.tta:"),
-        ({"label_smoothing": 1.5}, "train_emotion_cnn.label_smoothing:"),
-    ],
-)
-def test_bad_recipe_params_stop_with_one_line(workdir: Path, bad: dict, message: str) -> None:
-    params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["train_emotion_cnn"].update(bad)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = run([sys.executable, "-m", "stages.train_emotion_cnn"], workdir, check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"error: params.yaml: {message}"), lines[-1]
-    assert "Traceback" not in result.stderr
