@@ -145,6 +145,7 @@ def exact_orthogonal() -> None:
         return self.gain * ops.cast(ops.convert_to_tensor(q.reshape(shape)), a.dtype)
 
     call.exact = True  # type: ignore[attr-defined]
+    call.keras_qr = original  # type: ignore[attr-defined]  # Keras' own, for comparisons
     call.__doc__ = original.__doc__
     Orthogonal.__call__ = call
 
