@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -14,6 +15,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# Tests send SIGINT as a terminal's Ctrl-C would. A suite started as a background job of a
+# non-interactive shell (`make test &`, `nohup ... &`) inherits SIGINT ignored, as does every stage
+# it starts, which then ignores Ctrl-C and its parent watcher's interrupt: start from a terminal's.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stage_env() -> dict[str, str]:
