@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run
+from conftest import run, stage_params
 from stages.common.cli import StageError
 from stages.make_series import hourly_grid, parse_entsoe
 from stages.samples.series import entsoe_csv
@@ -307,7 +307,7 @@ def test_stage_url_checksum_mismatch_is_one_line_and_keeps_outputs(workdir: Path
 def test_stage_url_params_default_to_the_tutorial_file(workdir: Path) -> None:
     from stages.make_series import SeriesParams
 
-    params = SeriesParams(source="url")
+    params = stage_params("series", SeriesParams, source="url")
     assert params.url.endswith("/datasets/load_forecasting/spain_hourly_entsoe.csv")
     assert params.sha256 == "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
     set_series(workdir, {"source": "url", "sha256": None})
