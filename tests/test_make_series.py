@@ -202,7 +202,8 @@ def test_synthetic_export_is_deterministic(sample: str) -> None:
 def set_series(workdir: Path, section: dict) -> None:
     params_file = workdir / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["series"] = section
+    base = params["series"]  # params.yaml holds every default: the keys not given keep its values
+    params["series"] = {**base, **{k: {**base[k], **v} if isinstance(v, dict) else v for k, v in section.items()}}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
