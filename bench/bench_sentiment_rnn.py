@@ -82,10 +82,11 @@ def measure(data: Path, repeats: int, eager_batches: int) -> dict:
     import keras
 
     from stages.common.input_pipelines import text_batches
+    from stages.common.params import load_params
     from stages.common.seeding import seed_everything
-    from stages.train_sentiment_rnn import TrainSentimentRnnParams, network, new_trainer
+    from stages.train_sentiment_rnn import STAGE, TrainSentimentRnnParams, network, new_trainer
 
-    p = TrainSentimentRnnParams()  # the stage's defaults
+    _, p = load_params(STAGE, TrainSentimentRnnParams, ROOT / "params.yaml")  # the stage's params
     vocab_size = json.loads((data / "spec.json").read_text())["vocab_size"]
 
     def batches(epoch: int):

@@ -44,10 +44,18 @@ SEED = 42
 TARGET_SPEEDUP = 3.0
 
 
-def run_stage(raw: Path, out_dir: Path, workers: int) -> dict:
-    from stages.tfrecords_imdb import TFRecordsImdbParams, convert
+def stage_params():
+    """The stage's params as params.yaml sets them."""
+    from stages.common.params import load_params
+    from stages.tfrecords_imdb import TFRecordsImdbParams
 
-    params = TFRecordsImdbParams(workers=workers)
+    return load_params("tfrecords_imdb", TFRecordsImdbParams, ROOT / "params.yaml")[1]
+
+
+def run_stage(raw: Path, out_dir: Path, workers: int) -> dict:
+    from stages.tfrecords_imdb import convert
+
+    params = stage_params().model_copy(update={"workers": workers})
     out_dir.mkdir(parents=True)
     return convert(raw, out_dir, params, SEED)
 
@@ -57,9 +65,9 @@ def run_baseline(raw: Path, out_dir: Path) -> None:
     import tensorflow as tf
 
     from stages.common.text import build_vocabulary, count_tokens, encode, save_vocabulary
-    from stages.tfrecords_imdb import SPLITS, TFRecordsImdbParams, find_reviews, movie_of, split_reviews
+    from stages.tfrecords_imdb import SPLITS, find_reviews, movie_of, split_reviews
 
-    p = TFRecordsImdbParams()
+    p = stage_params()
     splits = split_reviews(
         find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, SEED, movie_of(raw, "train")
     )

@@ -76,10 +76,10 @@ EXAMPLES_KEPT = 10  # bad rows quoted in the report
 
 
 class SampleSize(Section):
-    preset: Literal["small", "full"] = Field("small", description="full: the real 28,709 / 3,589 / 3,589 rows")
-    training: int = Field(3000, ge=1, description="rows per split with preset small")
-    public_test: int = Field(400, ge=1)
-    private_test: int = Field(400, ge=1)
+    preset: Literal["small", "full"] = Field(description="full: the real 28,709 / 3,589 / 3,589 rows")
+    training: int = Field(ge=1, description="rows per split with preset small")
+    public_test: int = Field(ge=1)
+    private_test: int = Field(ge=1)
 
     def rows(self) -> dict[str, int]:
         if self.preset == "full":
@@ -88,24 +88,22 @@ class SampleSize(Section):
 
 
 class Fer2013Params(Section):
-    source: Literal["sample", "path", "kaggle", "url"] = "sample"
-    path: UserPath | None = None
+    source: Literal["sample", "path", "kaggle", "url"]
+    path: UserPath | None
     kaggle_dataset: str | None = Field(
-        None,
         pattern=r"^[\w.-]+/[\w.-]+$",
         description="source kaggle: owner/name of a dataset (e.g. msambare/fer2013) instead of the competition",
     )
     valid_fraction: float = Field(
-        0.125,
         ge=0.0,
         lt=1.0,
         description="image folders without a validation split: share of each Training class made PublicTest (seeded)",
     )
-    url: str | None = None
-    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
-    size: int | None = Field(None, gt=0, description="bytes expected from url")
-    on_bad_row: Literal["fail", "skip"] = "fail"
-    sample: SampleSize = SampleSize()
+    url: str | None
+    sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$", description="required for url, checked for path")
+    size: int | None = Field(gt=0, description="bytes expected from url")
+    on_bad_row: Literal["fail", "skip"]
+    sample: SampleSize
 
     @model_validator(mode="after")
     def _source_has_what_it_needs(self) -> Fer2013Params:

@@ -55,10 +55,6 @@ RAW_DIR = Path("data/raw/imdb")
 DOWNLOADS = Path("data/downloads/imdb")  # per stage: two stages cannot both declare one out
 REPORT = Path("metrics/data_imdb.json")
 
-OFFICIAL_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
-OFFICIAL_SIZE = 84_125_825
-OFFICIAL_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
-
 LABELLED = [("train", "neg"), ("train", "pos"), ("test", "neg"), ("test", "pos")]
 UNSUP = ("train", "unsup")
 RATINGS = {"neg": range(1, 5), "pos": range(7, 11), "unsup": range(0, 1)}
@@ -68,24 +64,24 @@ EXAMPLES = 5  # file names listed per kind of problem in the report
 
 
 class SampleParams(Section):
-    preset: Literal["small", "full"] = Field("small", description="per class and split: small 1,250; full 12,500")
-    per_class: int | None = Field(None, ge=1, description="overrides `preset`: reviews per class and split")
-    label_noise: float = Field(0.03, ge=0.0, le=0.5, description="share of reviews written for the other class")
+    preset: Literal["small", "full"] = Field(description="per class and split: small 1,250; full 12,500")
+    per_class: int | None = Field(ge=1, description="overrides `preset`: reviews per class and split")
+    label_noise: float = Field(ge=0.0, le=0.5, description="share of reviews written for the other class")
 
 
 class ImdbParams(Section):
-    source: Literal["sample", "url", "path"] = "sample"
-    url: str = OFFICIAL_URL
-    sha256: str | None = Field(OFFICIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$")
-    size: int | None = Field(OFFICIAL_SIZE, ge=1, description="bytes; null if unknown")
-    path: UserPath | None = Field(None, description="aclImdb_v1.tar.gz or an extracted aclImdb/ folder")
-    include_unsup: bool = False
-    on_bad_file: Literal["fail", "skip"] = "fail"
-    sample: SampleParams = SampleParams()
-    connect_timeout: float = Field(10.0, gt=0.0)
-    read_timeout: float = Field(60.0, gt=0.0)
-    retries: int = Field(5, ge=0)
-    backoff: float = Field(1.0, ge=0.0, description="seconds before the first retry; doubles each time")
+    source: Literal["sample", "url", "path"]
+    url: str
+    sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    size: int | None = Field(ge=1, description="bytes; null if unknown")
+    path: UserPath | None = Field(description="aclImdb_v1.tar.gz or an extracted aclImdb/ folder")
+    include_unsup: bool
+    on_bad_file: Literal["fail", "skip"]
+    sample: SampleParams
+    connect_timeout: float = Field(gt=0.0)
+    read_timeout: float = Field(gt=0.0)
+    retries: int = Field(ge=0)
+    backoff: float = Field(ge=0.0, description="seconds before the first retry; doubles each time")
 
     @model_validator(mode="after")
     def _source_is_complete(self) -> ImdbParams:

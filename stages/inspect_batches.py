@@ -35,10 +35,10 @@ SAMPLE_TOKENS = 20  # token ids shown per review in the text summary
 
 
 class InspectBatchesParams(Section):
-    split: str = Field("train", pattern="^(train|valid|test)$")
-    image_batch_size: int = Field(32, ge=1, le=256)
-    text_batch_size: int = Field(8, ge=1, le=1024)
-    series_batch_size: int = Field(8, ge=1, le=1024)
+    split: str = Field(pattern="^(train|valid|test)$")
+    image_batch_size: int = Field(ge=1, le=256)
+    text_batch_size: int = Field(ge=1, le=1024)
+    series_batch_size: int = Field(ge=1, le=1024)
 
 
 def plot_faces(images: Any, labels: Any, class_names: list[str], path: Path) -> None:

@@ -65,12 +65,6 @@ SAMPLE_FILE = "entsoe_total_load.csv"
 REPORT = Path("metrics/data_series.json")
 DOWNLOAD_DIR = Path("data/downloads/series")  # source: url; an out of this stage only
 DOWNLOAD_CACHE = Path(LOCK_DIR) / "downloads/series"  # a download in progress or not yet published
-# Tutorial 09's own file (REFERENCE.md): 29,232 hourly rows, 2015-01-01 to 2018-05-02.
-TUTORIAL_URL = (
-    "https://raw.githubusercontent.com/madalinabuzau/tensorflow-eager-tutorials/master/"
-    "datasets/load_forecasting/spain_hourly_entsoe.csv"
-)
-TUTORIAL_SHA256 = "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
 
 LOCAL_TZ = series.LOCAL_TZ  # all ENTSO-E "CET" exports use the CET/CEST clock
 TIME_COLUMNS = {"Time (CET)": LOCAL_TZ, "Time (CET/CEST)": LOCAL_TZ, "Time (UTC)": "UTC"}
@@ -85,10 +79,10 @@ _INTERVAL = re.compile(rf"^{_STAMP} - {_STAMP}$")
 
 
 class Synthetic(Section):
-    start: dt.date = Field(dt.date(2015, 1, 1), strict=False, description="first local day")
-    end: dt.date = Field(dt.date(2018, 12, 31), strict=False, description="last local day, included")
-    noise_mw: float = Field(300.0, ge=0.0, description="sd of the hourly noise")
-    missing_fraction: float = Field(0.001, ge=0.0, le=0.5, description="share of blank actual values")
+    start: dt.date = Field(strict=False, description="first local day")
+    end: dt.date = Field(strict=False, description="last local day, included")
+    noise_mw: float = Field(ge=0.0, description="sd of the hourly noise")
+    missing_fraction: float = Field(ge=0.0, le=0.5, description="share of blank actual values")
 
     @model_validator(mode="after")
     def _long_enough(self) -> Synthetic:
@@ -98,21 +92,20 @@ class Synthetic(Section):
 
 
 class SeriesParams(Section):
-    source: Literal["synthetic", "path", "url"] = "synthetic"
-    path: UserPath | None = Field(None, description="a real ENTSO-E export (source: path)")
-    url: str = Field(TUTORIAL_URL, description="an ENTSO-E export to download (source: url)")
-    sha256: str | None = Field(TUTORIAL_SHA256, pattern=r"^[0-9a-fA-F]{64}$", description="required with url")
-    size: int | None = Field(None, gt=0, description="bytes expected from url (optional)")
-    on_bad_row: Literal["fail", "skip"] = "fail"
+    source: Literal["synthetic", "path", "url"]
+    path: UserPath | None = Field(description="a real ENTSO-E export (source: path)")
+    url: str = Field(description="an ENTSO-E export to download (source: url)")
+    sha256: str | None = Field(pattern=r"^[0-9a-fA-F]{64}$", description="required with url")
+    size: int | None = Field(gt=0, description="bytes expected from url (optional)")
+    on_bad_row: Literal["fail", "skip"]
     max_gap_hours: int = Field(
-        72,
         ge=1,
         description="longest run of hours without a load value that may be "
         "interpolated later; a longer one stops the stage",
     )
     # Checked where the data is read: tfrecords_series needs look_back + 1 whole days in each split.
-    min_days: int = Field(14, ge=0, description="a series shorter than this many days stops the stage")
-    synthetic: Synthetic = Synthetic()
+    min_days: int = Field(ge=0, description="a series shorter than this many days stops the stage")
+    synthetic: Synthetic
 
     @model_validator(mode="after")
     def _path_given(self) -> SeriesParams:

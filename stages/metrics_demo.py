@@ -34,10 +34,10 @@ CHECKPOINTS = Path("checkpoints")
 
 
 class ProblemParams(TrainingSection):
-    hidden_units: list[int] = Field([20, 10], min_length=1)
+    hidden_units: list[int] = Field(min_length=1)
     learning_rate: float = Field(gt=0.0)
     epochs: int = Field(ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(ge=1)
 
 
 def classification_metrics(trainer, x, y, num_classes: int, batch_size: int) -> tuple[dict, dict]:

@@ -4,6 +4,13 @@ Every headline metric beside the original tutorial's figure and the quality
 gate's bound and verdict, the data reports, links to the plots, the params that
 differ from the stages' defaults and each dataset's source.
 
+It reads files only (params.yaml as data, metrics/, plots/, the data reports) and
+runs no other stage's code, so a change to a stage's code does not re-run it.
+params.yaml is the one source of every default: a plain ``dvc repro`` runs at the
+defaults by definition, and the params that differ are those a DVC experiment
+(``dvc exp run -S``, ``make real``) changed from its baseline commit's params.yaml
+(read with git; DVC names that commit in the stage's environment).
+
 The page holds only facts derived from the pipeline's inputs and outputs (no
 date, no git commit): a commit hash would change with every commit and a fresh
 clone's ``dvc repro`` would leave ``git status`` dirty. The sha256 of each
@@ -15,30 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from stages.common.cli import fail, run_stage
-from stages.common.distribute import DistributeSection
-from stages.common.params import read_params_file, remember
-from stages.download_fer2013 import Fer2013Params
-from stages.download_imdb import ImdbParams
-from stages.gate import METRICS_FILES, GateParams
-from stages.inspect_batches import InspectBatchesParams
-from stages.make_series import SeriesParams
-from stages.metrics_demo import ProblemParams
-from stages.save_restore import SaveRestoreParams
-from stages.simple_nn import SimpleNNParams
-from stages.tfrecords_fer2013 import TfrecordsFer2013Params
-from stages.tfrecords_imdb import TFRecordsImdbParams
-from stages.tfrecords_series import TfrecordsSeriesParams
-from stages.toy_data import ToyDataParams
-from stages.train_emotion_cnn import TrainEmotionCnnParams
-from stages.train_load_rnn import TrainLoadRnnParams
-from stages.train_sentiment_ngram import TrainSentimentNgramParams
-from stages.train_sentiment_rnn import TrainSentimentRnnParams
+from stages.common.metrics_files import METRICS_FILES
+from stages.common.params import PARAMS_FILE, parse_params, read_params_file, remember
 
 SUMMARY = Path("reports/summary.md")
 GATE = Path("metrics/gate.json")
@@ -58,28 +49,8 @@ DATA_REPORTS = {
     "hourly load": "metrics/data_series.json",
 }
 
-# params.yaml section -> the model its stage validates it with (the defaults to compare against)
-SECTIONS: dict[str, type[BaseModel]] = {
-    "distribute": DistributeSection,
-    "toy_data": ToyDataParams,
-    "simple_nn": SimpleNNParams,
-    "metrics_demo.multiclass": ProblemParams,
-    "metrics_demo.imbalanced": ProblemParams,
-    "metrics_demo.regression": ProblemParams,
-    "save_restore": SaveRestoreParams,
-    "imdb": ImdbParams,
-    "fer2013": Fer2013Params,
-    "series": SeriesParams,
-    "tfrecords_imdb": TFRecordsImdbParams,
-    "tfrecords_fer2013": TfrecordsFer2013Params,
-    "tfrecords_series": TfrecordsSeriesParams,
-    "inspect_batches": InspectBatchesParams,
-    "train_load_rnn": TrainLoadRnnParams,
-    "train_emotion_cnn": TrainEmotionCnnParams,
-    "train_sentiment_rnn": TrainSentimentRnnParams,
-    "train_sentiment_ngram": TrainSentimentNgramParams,
-    "gate": GateParams,
-}
+# Set by `dvc exp run` for every stage it runs: the commit the experiment started from.
+BASELINE_ENV = "DVC_EXP_BASELINE_REV"
 
 # What the original TensorFlow 1.7 notebooks printed (shared/REFERENCE.md), per metrics file.
 TUTORIAL: dict[str, str] = {
@@ -109,8 +80,7 @@ HEADLINES: dict[str, list[str]] = {
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, BaseModel):
-        tree = tree.model_dump()
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and empty mappings are values."""
     if not isinstance(tree, dict) or not tree:
         return {prefix: tree}
     flat: dict[str, Any] = {}
@@ -119,26 +89,32 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def changed_params(params: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, value in params.yaml, the stage's default) for every value that differs.
+def baseline_params() -> dict[str, Any] | None:
+    """params.yaml as the baseline commit of the DVC experiment running this stage holds it;
+    None outside an experiment (a plain `dvc repro` runs params.yaml, the defaults themselves)."""
+    rev = os.environ.get(BASELINE_ENV)
+    if not rev:
+        return None
+    where = f"{rev}:{PARAMS_FILE.as_posix()}"
+    try:
+        shown = subprocess.run(["git", "show", where], capture_output=True, check=False)
+    except OSError as exc:
+        fail(f"{BASELINE_ENV}: cannot run git to read the experiment's baseline params.yaml ({exc})")
+    if shown.returncode != 0:
+        problem = shown.stderr.decode(errors="replace").strip().splitlines() or ["git show failed"]
+        fail(f"{BASELINE_ENV}: cannot read {where} ({problem[0]})")
+    return parse_params(shown.stdout.decode("utf-8", errors="replace"), where)
 
-    Both sides go through the stage's model (so "2015-01-01" and a date compare
-    equal); fields without a default (metrics_demo's per-variant epochs) are left out.
-    """
-    rows = []
-    for section, model in SECTIONS.items():
-        node: Any = params
-        for part in section.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        required = {
-            name: node[name] for name, field in model.model_fields.items() if field.is_required() and name in node
-        }
-        given = flatten(model.model_validate(node).model_dump(mode="json"))
-        default = flatten(model.model_validate(required).model_dump(mode="json"))
-        for key in sorted(given):
-            if key.split(".")[0] not in required and given[key] != default.get(key):
-                rows.append((f"{section}.{key}", given[key], default.get(key)))
-    return rows
+
+def changed_params(params: dict[str, Any], baseline: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(key, value in params.yaml, the baseline's value) for every value that differs; none without a
+    baseline. Sections in params.yaml's order, keys sorted within each; the seed is shown apart."""
+    if baseline is None:
+        return []
+    given, default = flatten(params), flatten(baseline)
+    order = {section: i for i, section in enumerate(dict.fromkeys([*params, *baseline]))}
+    keys = sorted({*given, *default} - {"seed"}, key=lambda key: (order[key.split(".")[0]], key))
+    return [(key, given.get(key), default.get(key)) for key in keys if given.get(key) != default.get(key)]
 
 
 def fmt(value: Any) -> str:
@@ -272,8 +248,8 @@ def plots_section() -> list[str]:
     ]
 
 
-def params_section(params: dict[str, Any]) -> list[str]:
-    rows = changed_params(params)
+def params_section(params: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
+    rows = changed_params(params, baseline)
     lines = ["## Params that differ from the stages' defaults", ""]
     if not rows:
         return lines + ["None: every stage ran at its defaults.", "", f"Seed: {params.get('seed')}."]
@@ -293,7 +269,7 @@ def fingerprint_section() -> list[str]:
     ]
 
 
-def render(params: dict[str, Any]) -> str:
+def render(params: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
     lines = [
         "# Pipeline summary",
         "",
@@ -304,7 +280,7 @@ def render(params: dict[str, Any]) -> str:
         metrics_section(load_gate()),
         data_section(),
         plots_section(),
-        params_section(params),
+        params_section(params, baseline),
         fingerprint_section(),
     ):
         lines += part + [""]
@@ -317,7 +293,7 @@ def main() -> None:
 
     from stages.common.outputs import atomic_outputs
 
-    text = render(params)  # every input checked before anything is written
+    text = render(params, baseline_params())  # every input checked before anything is written
     with atomic_outputs() as out:
         out.file(SUMMARY).write_text(text, encoding="utf-8")
 

@@ -28,10 +28,10 @@ CHECKPOINTS = Path("checkpoints")
 
 
 class SaveRestoreParams(TrainingSection):
-    hidden_units: int = Field(10, ge=1)
-    learning_rate: float = Field(0.5, gt=0.0)
-    epochs: int = Field(500, ge=1, description="epochs before saving")
-    continue_epochs: int = Field(100, ge=1, description="epochs trained after restoring")
+    hidden_units: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    epochs: int = Field(ge=1, description="epochs before saving")
+    continue_epochs: int = Field(ge=1, description="epochs trained after restoring")
 
 
 def new_trainer(input_dim: int, p: SaveRestoreParams):

@@ -31,10 +31,10 @@ CHECKPOINTS = Path("checkpoints")
 
 
 class SimpleNNParams(TrainingSection):
-    hidden_units: int = Field(10, ge=1)
-    learning_rate: float = Field(0.5, gt=0.0)
-    epochs: int = Field(500, ge=1)
-    batch_size: int = Field(100, ge=1, description=">= the data size means full-batch, as the tutorial")
+    hidden_units: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description=">= the data size means full-batch, as the tutorial")
 
 
 def plot_decision_boundary(model, x, y, path: Path) -> None:

@@ -58,9 +58,9 @@ FEATURES = {
 
 
 class TfrecordsFer2013Params(Section):
-    num_shards: int = Field(4, ge=1, le=999, description="files per split")
-    compression: Literal["none", "gzip"] = "none"
-    workers: int = Field(2, ge=1, le=64, description="processes encoding PNGs; output does not depend on it")
+    num_shards: int = Field(ge=1, le=999, description="files per split")
+    compression: Literal["none", "gzip"]
+    workers: int = Field(ge=1, le=64, description="processes encoding PNGs; output does not depend on it")
 
 
 def encode_face(item: tuple[int, int, int, np.ndarray]) -> bytes:

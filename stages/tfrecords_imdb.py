@@ -66,12 +66,12 @@ CHUNK_REVIEWS = 500  # reviews per tokenizing task: small enough for a smooth pr
 
 
 class TFRecordsImdbParams(Section):
-    min_word_frequency: int = Field(5, ge=1, description="training-split count a token needs to enter the vocabulary")
-    max_words: int = Field(700, ge=1, description="tokens kept per review (its last ones), before <eos>")
-    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of each training class moved to valid")
-    num_shards: int = Field(4, ge=1, le=99999, description="files per split")
-    compression: Literal["none", "gzip"] = "none"
-    workers: int = Field(2, ge=1, description="processes for tokenizing and encoding (output does not depend on it)")
+    min_word_frequency: int = Field(ge=1, description="training-split count a token needs to enter the vocabulary")
+    max_words: int = Field(ge=1, description="tokens kept per review (its last ones), before <eos>")
+    valid_fraction: float = Field(gt=0.0, lt=1.0, description="share of each training class moved to valid")
+    num_shards: int = Field(ge=1, le=99999, description="files per split")
+    compression: Literal["none", "gzip"]
+    workers: int = Field(ge=1, description="processes for tokenizing and encoding (output does not depend on it)")
 
 
 class Review(NamedTuple):

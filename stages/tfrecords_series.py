@@ -83,18 +83,17 @@ REGIONAL_FEATURES = ("regional_holiday_share",)
 
 
 class TfrecordsSeriesParams(Section):
-    look_back: int = Field(5, ge=1, le=366, description="days of history per window")
-    valid_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, after train")
-    test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the days, last")
-    num_shards: int = Field(1, ge=1, le=999)
-    compression: Literal["none", "gzip"] = "none"
+    look_back: int = Field(ge=1, le=366, description="days of history per window")
+    valid_fraction: float = Field(gt=0.0, lt=1.0, description="share of the days, after train")
+    test_fraction: float = Field(gt=0.0, lt=1.0, description="share of the days, last")
+    num_shards: int = Field(ge=1, le=999)
+    compression: Literal["none", "gzip"]
     country: str = Field(
-        "ES",
         description="ISO 3166 code of the country whose national holidays flag the days (the PyPI holidays package)",
     )
-    day_of_year: bool = Field(False, description="add the day of the year (cosine, sine) to each day's calendar")
+    day_of_year: bool = Field(description="add the day of the year (cosine, sine) to each day's calendar")
     regional_holidays: bool = Field(
-        False, description="add the share of the country's regions keeping a regional holiday that day"
+        description="add the share of the country's regions keeping a regional holiday that day"
     )
 
     @field_validator("country")

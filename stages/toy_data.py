@@ -24,9 +24,9 @@ OUT_DIR = Path("data/toy")
 
 
 class Moons(Section):
-    n_samples: int = Field(100, ge=10)
-    noise: float = Field(0.1, ge=0.0)
-    n_train: int = Field(80, ge=1, description="first n_train rows train, the rest test (tutorial 03)")
+    n_samples: int = Field(ge=10)
+    noise: float = Field(ge=0.0)
+    n_train: int = Field(ge=1, description="first n_train rows train, the rest test (tutorial 03)")
 
     @model_validator(mode="after")
     def _leaves_a_test_split(self) -> Moons:
@@ -36,22 +36,22 @@ class Moons(Section):
 
 
 class Imbalanced(Section):
-    n_samples: int = Field(1000, ge=20)
-    class_sep: float = Field(4.0, gt=0.0)
-    flip_y: float = Field(0.1, ge=0.0, le=1.0)
-    n_positives: int = Field(50, ge=2, description="positives kept; all negatives are kept")
+    n_samples: int = Field(ge=20)
+    class_sep: float = Field(gt=0.0)
+    flip_y: float = Field(ge=0.0, le=1.0)
+    n_positives: int = Field(ge=2, description="positives kept; all negatives are kept")
 
 
 class Regression(Section):
-    n_samples: int = Field(100, ge=10)
-    noise: float = Field(30.0, ge=0.0)
+    n_samples: int = Field(ge=10)
+    noise: float = Field(ge=0.0)
 
 
 class ToyDataParams(Section):
-    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    moons: Moons = Moons()
-    imbalanced: Imbalanced = Imbalanced()
-    regression: Regression = Regression()
+    test_fraction: float = Field(gt=0.0, lt=1.0)
+    moons: Moons
+    imbalanced: Imbalanced
+    regression: Regression
 
 
 def split_labels(n: int, test_index: np.ndarray) -> np.ndarray:

@@ -80,44 +80,42 @@ CHECKPOINTS = Path("checkpoints")
 
 class TrainEmotionCnnParams(TrainingSection):
     architecture: Literal["tutorial", "vgg"] = Field(
-        "tutorial", description="tutorial: the tutorial's network; vgg: VGG-style stages of 3×3 convs"
+        description="tutorial: the tutorial's network; vgg: VGG-style stages of 3×3 convs"
     )
-    block_filters: list[list[int]] = Field(
-        [[16, 16], [32, 32], [64, 64], [64, 128]], description="(first conv, strided conv) widths of the four blocks"
-    )
-    dropout: list[float] = Field([0.4, 0.3, 0.3, 0.3], description="dropout rate after each block")
-    head_filters: list[int] = Field([256, 128, 256], description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
-    vgg_widths: list[int] = Field([16, 32, 64, 128], description="vgg: width of each stage (each halves the side)")
-    vgg_convs_per_stage: int = Field(2, ge=1, le=4, description="vgg: 3×3 conv + BN + ReLU per stage")
-    vgg_dense_units: int = Field(256, ge=1, description="vgg: width of the dense head")
-    vgg_dropout: float = Field(0.5, ge=0.0, lt=1.0, description="vgg: dropout before the logits")
-    vgg_bn_momentum: float = Field(0.9, gt=0.0, lt=1.0, description="vgg: batch norm's moving-average momentum")
-    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam, or sgd with (Nesterov) momentum")
-    learning_rate: float = Field(1e-3, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd: momentum")
-    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
-    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decoupled, per step: w -= lr * weight_decay * w")
+    block_filters: list[list[int]] = Field(description="(first conv, strided conv) widths of the four blocks")
+    dropout: list[float] = Field(description="dropout rate after each block")
+    head_filters: list[int] = Field(description="widths of the head's 1×1, 3×3/2 and 1×1 convs")
+    vgg_widths: list[int] = Field(description="vgg: width of each stage (each halves the side)")
+    vgg_convs_per_stage: int = Field(ge=1, le=4, description="vgg: 3×3 conv + BN + ReLU per stage")
+    vgg_dense_units: int = Field(ge=1, description="vgg: width of the dense head")
+    vgg_dropout: float = Field(ge=0.0, lt=1.0, description="vgg: dropout before the logits")
+    vgg_bn_momentum: float = Field(gt=0.0, lt=1.0, description="vgg: batch norm's moving-average momentum")
+    optimizer: Literal["adam", "sgd"] = Field(description="adam, or sgd with (Nesterov) momentum")
+    learning_rate: float = Field(gt=0.0)
+    momentum: float = Field(ge=0.0, lt=1.0, description="sgd: momentum")
+    nesterov: bool = Field(description="sgd: Nesterov momentum")
+    weight_decay: float = Field(ge=0.0, lt=1.0, description="decoupled, per step: w -= lr * weight_decay * w")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="cosine: decay the learning rate to 0 over max_epochs (cosine curve)"
+        description="cosine: decay the learning rate to 0 over max_epochs (cosine curve)"
     )
-    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from 0 over this many epochs, then the schedule")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="share of each target spread over all classes")
-    batch_size: int = Field(64, ge=1)
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
-    class_weight: Literal["none", "balanced"] = "none"
-    augment: bool = False
+    warmup_epochs: int = Field(ge=0, description="linear warm-up from 0 over this many epochs, then the schedule")
+    label_smoothing: float = Field(ge=0.0, lt=1.0, description="share of each target spread over all classes")
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1, description="epochs without a lower validation loss before stopping")
+    class_weight: Literal["none", "balanced"]
+    augment: bool
     augment_shift: int = Field(
-        3, ge=0, le=12, description="pad (edges repeated) and random crop: largest shift in pixels, when augment is on"
+        ge=0, le=12, description="pad (edges repeated) and random crop: largest shift in pixels, when augment is on"
     )
-    augment_flip: bool = Field(True, description="random horizontal flips, when augment is on")
-    augment_rotation: float = Field(0.0, ge=0.0, le=45.0, description="largest random rotation in degrees")
-    augment_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing a random rectangle")
+    augment_flip: bool = Field(description="random horizontal flips, when augment is on")
+    augment_rotation: float = Field(ge=0.0, le=45.0, description="largest random rotation in degrees")
+    augment_erasing: float = Field(ge=0.0, le=1.0, description="probability of erasing a random rectangle")
     tta: Literal["none", "flip", "flip_crops"] = Field(
-        "none", description="test-time augmentation of valid/test accuracy: softmax averaged over views"
+        description="test-time augmentation of valid/test accuracy: softmax averaged over views"
     )
-    tta_shift: int = Field(2, ge=1, le=12, description="flip_crops: the four crops' shift in pixels")
-    ig_steps: int = Field(64, ge=1, description="integration intervals of integrated gradients")
+    tta_shift: int = Field(ge=1, le=12, description="flip_crops: the four crops' shift in pixels")
+    ig_steps: int = Field(ge=1, description="integration intervals of integrated gradients")
 
     @model_validator(mode="after")
     def _four_blocks(self) -> TrainEmotionCnnParams:

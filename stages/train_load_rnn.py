@@ -85,20 +85,18 @@ PLOTTED_DAYS = 6
 
 
 class TrainLoadRnnParams(TrainingSection):
-    lstm_units: int = Field(16, ge=1)
-    dense_units: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-2, gt=0.0)
-    batch_size: int = Field(64, ge=1)
-    max_epochs: int = Field(100, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without a lower validation loss before stopping")
-    calendar_features: bool = Field(
-        True, description="feed the days' calendar flags (weekday, holidays) to the network"
-    )
+    lstm_units: int = Field(ge=1)
+    dense_units: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0)
+    batch_size: int = Field(ge=1)
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1, description="epochs without a lower validation loss before stopping")
+    calendar_features: bool = Field(description="feed the days' calendar flags (weekday, holidays) to the network")
     lr_schedule: Literal["constant", "cosine"] = Field(
-        "constant", description="Adam's learning rate: constant, or a cosine decay to 0 over max_epochs"
+        description="Adam's learning rate: constant, or a cosine decay to 0 over max_epochs"
     )
     ensemble: int = Field(
-        1, ge=1, le=64, description="networks trained with seeds seed, seed + 1, ...; their forecasts averaged"
+        ge=1, le=64, description="networks trained with seeds seed, seed + 1, ...; their forecasts averaged"
     )
 
 

@@ -46,16 +46,16 @@ CHECKPOINTS = Path("checkpoints")
 
 
 class TrainSentimentNgramParams(TrainingSection):
-    buckets: int = Field(262144, ge=1, description="hash buckets of the bigrams (the unigrams are the vocabulary's)")
-    nb_alpha: float = Field(1.0, gt=0.0, description="Naive Bayes smoothing count of the log-count ratios")
-    l2: float = Field(0.0, ge=0.0, description="penalty l2 * sum(w ** 2) on the n-gram weights")
-    learning_rate: float = Field(0.01, gt=0.0, description="Adam")
-    batch_size: int = Field(64, ge=1)
+    buckets: int = Field(ge=1, description="hash buckets of the bigrams (the unigrams are the vocabulary's)")
+    nb_alpha: float = Field(gt=0.0, description="Naive Bayes smoothing count of the log-count ratios")
+    l2: float = Field(ge=0.0, description="penalty l2 * sum(w ** 2) on the n-gram weights")
+    learning_rate: float = Field(gt=0.0, description="Adam")
+    batch_size: int = Field(ge=1)
     bucket_boundaries: list[int] | None = Field(
-        [100, 200, 300, 400, 500, 600], description="review lengths at which buckets split (null: plain padded batches)"
+        description="review lengths at which buckets split (null: plain padded batches)"
     )
-    max_epochs: int = Field(10, ge=1)
-    patience: int = Field(3, ge=1, description="epochs without a higher validation accuracy before stopping")
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1, description="epochs without a higher validation accuracy before stopping")
 
     @field_validator("bucket_boundaries")
     @classmethod

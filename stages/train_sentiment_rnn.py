@@ -61,27 +61,27 @@ POSITIVE = 1  # target of a positive review
 
 
 class TrainSentimentRnnParams(TrainingSection):
-    cell: Literal["lstm", "gru"] = "lstm"
-    embedding_dim: int = Field(100, ge=1)
-    units: int = Field(64, ge=1, description="recurrent units")
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    dense_units: int = Field(128, ge=1)
-    bidirectional: bool = Field(False, description="also read each review backwards (a second recurrent layer)")
+    cell: Literal["lstm", "gru"]
+    embedding_dim: int = Field(ge=1)
+    units: int = Field(ge=1, description="recurrent units")
+    dropout: float = Field(ge=0.0, lt=1.0)
+    dense_units: int = Field(ge=1)
+    bidirectional: bool = Field(description="also read each review backwards (a second recurrent layer)")
     readout: Literal["last", "max", "mean_max"] = Field(
-        "last", description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps"
+        description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps"
     )
-    embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
-    weight_decay: float = Field(0.0, ge=0.0, description="decoupled weight decay (AdamW) when > 0")
-    learning_rate: float = Field(3e-3, gt=0.0, description="Adam")
-    batch_size: int = Field(64, ge=1)
+    embedding_dropout: float = Field(ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
+    weight_decay: float = Field(ge=0.0, description="decoupled weight decay (AdamW) when > 0")
+    learning_rate: float = Field(gt=0.0, description="Adam")
+    batch_size: int = Field(ge=1)
     bucket_boundaries: list[int] | None = Field(
-        [100, 200, 300, 400, 500, 600], description="review lengths at which buckets split (null: plain padded batches)"
+        description="review lengths at which buckets split (null: plain padded batches)"
     )
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without a higher validation accuracy before stopping")
-    heatmap_units: int = Field(10, ge=1, description="recurrent units shown in memory_cells.png")
+    max_epochs: int = Field(ge=1)
+    patience: int = Field(ge=1, description="epochs without a higher validation accuracy before stopping")
+    heatmap_units: int = Field(ge=1, description="recurrent units shown in memory_cells.png")
     heatmap_min_tokens: int = Field(
-        32, ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens"
+        ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens"
     )
 
     @field_validator("bucket_boundaries")

@@ -9,8 +9,10 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -104,3 +106,18 @@ def emotion_cnn_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for stage in ("download_fer2013", "tfrecords_fer2013", "train_emotion_cnn"):
         run(["python", "-m", f"stages.{stage}"], root)
     return root
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def stage_params(section: str, model: type[_Model], **overrides: Any) -> _Model:
+    """A stage's params as the repository's params.yaml sets them (the one source of every default):
+    its ``section`` (dotted for a nested one, e.g. ``metrics_demo.multiclass``), with ``overrides``
+    replacing keys, validated by ``model``."""
+    from stages.common.params import read_params_file, validate
+
+    node: Any = read_params_file(ROOT / "params.yaml")
+    for part in section.split("."):
+        node = node[part]
+    return validate(model, {**node, **overrides}, section, ROOT / "params.yaml")

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, stage_env
+from conftest import ROOT, copy_project, project_files, stage_env
 from stages.apps.launch_workers import free_ports, tf_configs
 
 WEIGHT_TOLERANCE = 1e-5
@@ -314,15 +314,21 @@ def test_a_dead_worker_stops_the_chief_and_a_rerun_resumes(moons_project: Path, 
 
 def test_distribute_section_defaults_and_errors(tmp_path: Path) -> None:
     from stages.common.cli import StageError
-    from stages.common.distribute import DistributeSection, load_distribute, make_strategy
+    from stages.common.distribute import load_distribute, make_strategy
 
     path = tmp_path / "params.yaml"
     path.write_text("seed: 1\n")
-    assert load_distribute(path) == DistributeSection()  # no section: one process, as before
-    assert DistributeSection().timeout_s is None  # heartbeats catch a dead worker; no per-collective timeout
-    path.write_text("seed: 1\ndistribute: {strategy: multi_worker, timeout_s: 30}\n")
+    with pytest.raises(StageError, match=r"^\S*params\.yaml: distribute: missing section$"):
+        load_distribute(path)
+    default = load_distribute(ROOT / "params.yaml")
+    assert default.strategy == "none"  # one process, as the tutorials
+    assert default.timeout_s is None  # heartbeats catch a dead worker; no per-collective timeout
+    assert make_strategy(default) is None
+    path.write_text("seed: 1\ndistribute: {strategy: multi_worker, timeout_s: 30, cluster_timeout_s: 300.0}\n")
     assert load_distribute(path).timeout_s == 30.0
-    assert make_strategy(DistributeSection()) is None
+    path.write_text("seed: 1\ndistribute: {strategy: multi_worker, timeout_s: 30}\n")
+    with pytest.raises(StageError, match=r"distribute\.cluster_timeout_s: missing key$"):
+        load_distribute(path)
     path.write_text("seed: 1\ndistribute: {strategy: gpus}\n")
     with pytest.raises(StageError, match=r"distribute\.strategy: must be 'none', 'mirrored' or 'multi_worker'"):
         load_distribute(path)

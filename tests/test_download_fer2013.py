@@ -108,7 +108,8 @@ def write_form(form: str, folder: Path, rows: list[tuple[int, str, str]]) -> Pat
 
 def set_params(workdir: Path, **fer2013: object) -> None:
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["fer2013"] = fer2013
+    base = params["fer2013"]  # params.yaml holds every default: the keys not given keep its values
+    params["fer2013"] = {**base, **{k: {**base[k], **v} if isinstance(v, dict) else v for k, v in fer2013.items()}}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -69,7 +69,12 @@ def sha(data: bytes) -> str:
 
 def write_params(workdir: Path, **imdb: object) -> None:
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["imdb"] = {"backoff": 0.0, **imdb}
+    base = params["imdb"]  # params.yaml holds every default: the keys not given keep its values
+    params["imdb"] = {
+        **base,
+        "backoff": 0.0,
+        **{k: {**base[k], **v} if isinstance(v, dict) else v for k, v in imdb.items()},
+    }
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

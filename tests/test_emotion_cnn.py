@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run
+from conftest import copy_project, project_files, run, stage_params
 from stages.models.emotion_cnn import build_emotion_cnn, integrated_gradients, to_pixels
 from stages.train_emotion_cnn import (
     EXPORT_NAME,
@@ -75,12 +75,12 @@ def expected_params(blocks: list[list[int]], head: list[int], classes: int = 7) 
 
 
 def test_output_shape_and_parameter_count_match_the_tutorial() -> None:
-    model = network(TrainEmotionCnnParams())
+    model = network(stage_params("train_emotion_cnn", TrainEmotionCnnParams))
     assert model.output_shape == (None, 7)
     assert model(np.zeros((3, 48, 48, 1), np.float32), training=False).shape == (3, 7)
     assert expected_params([[16, 16], [32, 32], [64, 64], [64, 128]], [256, 128, 256]) == 559_671
     assert model.count_params() == 559_671
-    tiny = network(TrainEmotionCnnParams(**TINY))
+    tiny = network(stage_params("train_emotion_cnn", TrainEmotionCnnParams, **TINY))
     assert tiny.count_params() == expected_params(TINY["block_filters"], TINY["head_filters"])
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert [layer.strides for layer in convs] == [(1, 1), (2, 2)] * 4 + [(1, 1), (2, 2), (1, 1), (2, 2)]
@@ -90,7 +90,7 @@ def test_batch_norm_and_dropout_follow_the_training_flag() -> None:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = network(TrainEmotionCnnParams(**TINY))
+    model = network(stage_params("train_emotion_cnn", TrainEmotionCnnParams, **TINY))
     x = np.random.default_rng(0).uniform(size=(4, 48, 48, 1)).astype(np.float32)
     np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
     assert not np.allclose(model(x, training=True), model(x, training=True))  # dropout draws anew
@@ -198,7 +198,11 @@ def test_a_few_steps_reduce_the_loss(emotion_cnn_project: Path) -> None:
 
     keras.utils.set_random_seed(3)
     x, y = next(iter(image_batches(emotion_cnn_project / "data/tfrecords/fer2013", "train", 64)))
-    trainer = Trainer(network(TrainEmotionCnnParams()), keras.optimizers.Adam(1e-3), WeightedCrossEntropy(None))
+    trainer = Trainer(
+        network(stage_params("train_emotion_cnn", TrainEmotionCnnParams)),
+        keras.optimizers.Adam(1e-3),
+        WeightedCrossEntropy(None),
+    )
     losses = [float(trainer.train_step(x, y)) for _ in range(15)]
     assert np.mean(losses[-3:]) < 0.6 * losses[0], losses
 
@@ -207,7 +211,9 @@ def test_interrupted_training_resumes_the_step_count(emotion_cnn_project: Path, 
     from stages.train_emotion_cnn import train_model
 
     data = emotion_cnn_project / "data/tfrecords/fer2013"
-    p = TrainEmotionCnnParams(**TINY, max_epochs=3, patience=10, checkpoint_every_s=0.0)
+    p = stage_params(
+        "train_emotion_cnn", TrainEmotionCnnParams, **TINY, max_epochs=3, patience=10, checkpoint_every_s=0.0
+    )
     reference, reference_history = train_model(p, 7, data, None)
     steps_per_epoch = -(-3000 // 64)
     assert int(reference.optimizer.iterations.numpy()) == 3 * steps_per_epoch
@@ -233,7 +239,7 @@ def test_interrupted_training_resumes_the_step_count(emotion_cnn_project: Path, 
 
 
 def trained(project: Path):
-    model = network(TrainEmotionCnnParams())
+    model = network(stage_params("train_emotion_cnn", TrainEmotionCnnParams))
     model.load_weights(project / "models/emotion_cnn/model.weights.h5")
     return model
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import stage_params
 from stages.train_emotion_cnn import (
     TrainEmotionCnnParams,
     WeightedCrossEntropy,
@@ -56,13 +57,21 @@ def vgg_params(widths: list[int], convs: int, dense: int, classes: int = 7, side
 
 
 def test_vgg_output_shape_and_parameter_count() -> None:
-    model = build_model(TrainEmotionCnnParams(**TINY_VGG), 7, 48)
+    model = build_model(stage_params("train_emotion_cnn", TrainEmotionCnnParams, **TINY_VGG), 7, 48)
     assert model.output_shape == (None, 7)
     assert model(faces(3), training=False).shape == (3, 7)
     assert model.count_params() == vgg_params([4, 8, 8, 16], 2, 8)
-    recipe = build_model(TrainEmotionCnnParams(architecture="vgg"), 7, 48)  # the default widths 16-32-64-128
+    recipe = build_model(
+        stage_params("train_emotion_cnn", TrainEmotionCnnParams, architecture="vgg"), 7, 48
+    )  # the default widths 16-32-64-128
     assert recipe.count_params() == vgg_params([16, 32, 64, 128], 2, 256) == 592_407
-    three = build_model(TrainEmotionCnnParams(**{**TINY_VGG, "vgg_widths": [4, 8, 8]}, vgg_convs_per_stage=3), 7, 48)
+    three = build_model(
+        stage_params(
+            "train_emotion_cnn", TrainEmotionCnnParams, **{**TINY_VGG, "vgg_widths": [4, 8, 8]}, vgg_convs_per_stage=3
+        ),
+        7,
+        48,
+    )
     assert three.count_params() == vgg_params([4, 8, 8], 3, 8)  # 6×6 left before the head
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     assert len(convs) == 8 and all(c.kernel_size == (3, 3) and not c.use_bias for c in convs)
@@ -85,14 +94,20 @@ def test_label_smoothing_spreads_the_target() -> None:
 
 
 def test_warm_up_rises_linearly_then_the_cosine_decays_to_zero() -> None:
-    schedule = learning_rate(TrainEmotionCnnParams(**RECIPE), SPEC)  # 2 steps an epoch, 1 of warm-up, 3 in all
+    schedule = learning_rate(
+        stage_params("train_emotion_cnn", TrainEmotionCnnParams, **RECIPE), SPEC
+    )  # 2 steps an epoch, 1 of warm-up, 3 in all
     rates = [float(schedule(step)) for step in range(7)]
     np.testing.assert_allclose(rates[:3], [0.0, 0.025, 0.05], rtol=1e-6)
     assert rates[3] < 0.05 and rates[6] == pytest.approx(0.0, abs=1e-9)
-    flat = learning_rate(TrainEmotionCnnParams(**{**RECIPE, "lr_schedule": "constant"}), SPEC)
+    flat = learning_rate(
+        stage_params("train_emotion_cnn", TrainEmotionCnnParams, **{**RECIPE, "lr_schedule": "constant"}), SPEC
+    )
     np.testing.assert_allclose([float(flat(s)) for s in (1, 2, 5)], [0.025, 0.05, 0.05], rtol=1e-6)
-    assert learning_rate(TrainEmotionCnnParams(), SPEC) == 1e-3  # the tutorial's: a plain number
-    sgd = make_optimizer(TrainEmotionCnnParams(**RECIPE), SPEC)
+    assert (
+        learning_rate(stage_params("train_emotion_cnn", TrainEmotionCnnParams), SPEC) == 1e-3
+    )  # the tutorial's: a plain number
+    sgd = make_optimizer(stage_params("train_emotion_cnn", TrainEmotionCnnParams, **RECIPE), SPEC)
     assert sgd.__class__.__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay == 5e-3
 
 
@@ -103,7 +118,7 @@ def test_two_seeded_runs_of_a_few_recipe_steps_are_identical() -> None:
     from stages.common.training import Trainer
 
     x, y = faces(64, 1), np.random.default_rng(1).integers(0, 7, 64)
-    p = TrainEmotionCnnParams(**RECIPE)
+    p = stage_params("train_emotion_cnn", TrainEmotionCnnParams, **RECIPE)
 
     def train() -> list[np.ndarray]:
         seed_everything(11)
@@ -150,7 +165,7 @@ def test_flip_tta_equals_the_plain_prediction_on_a_flip_symmetric_face() -> None
     import keras
 
     keras.utils.set_random_seed(5)
-    model = build_model(TrainEmotionCnnParams(**TINY_VGG), 7, 48)
+    model = build_model(stage_params("train_emotion_cnn", TrainEmotionCnnParams, **TINY_VGG), 7, 48)
     half = faces(4, 3)[:, :, :24]
     symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)  # each row reads the same both ways
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run
+from conftest import run, stage_params
 from stages.common.cli import StageError
 from stages.make_series import hourly_grid, parse_entsoe
 from stages.samples.series import entsoe_csv
@@ -202,7 +202,8 @@ def test_synthetic_export_is_deterministic(sample: str) -> None:
 def set_series(workdir: Path, section: dict) -> None:
     params_file = workdir / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["series"] = section
+    base = params["series"]  # params.yaml holds every default: the keys not given keep its values
+    params["series"] = {**base, **{k: {**base[k], **v} if isinstance(v, dict) else v for k, v in section.items()}}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
 
 
@@ -307,7 +308,7 @@ def test_stage_url_checksum_mismatch_is_one_line_and_keeps_outputs(workdir: Path
 def test_stage_url_params_default_to_the_tutorial_file(workdir: Path) -> None:
     from stages.make_series import SeriesParams
 
-    params = SeriesParams(source="url")
+    params = stage_params("series", SeriesParams, source="url")
     assert params.url.endswith("/datasets/load_forecasting/spain_hourly_entsoe.csv")
     assert params.sha256 == "fcee881be1385b57346a0e20b182140c384cb97d70a2b7649c7725f946fedb3d"
     set_series(workdir, {"source": "url", "sha256": None})

@@ -343,16 +343,38 @@ MODEL_SECTIONS = (
 def test_every_model_param_can_be_set_with_exp_run_set_param(section: str, tmp_path: Path) -> None:
     """`dvc exp run -S key=value` (DVC's own override code) gives each stage the type its params model wants."""
     from dvc.utils.hydra import apply_overrides
+    from pydantic import BaseModel
 
     from stages.apps.real_data import flatten as flatten_params, set_param_args
+    from stages.common.distribute import DistributeSection
     from stages.common.params import read_params_file
-    from stages.report import SECTIONS
+    from stages.gate import GateParams
+    from stages.metrics_demo import ProblemParams
+    from stages.save_restore import SaveRestoreParams
+    from stages.simple_nn import SimpleNNParams
+    from stages.train_emotion_cnn import TrainEmotionCnnParams
+    from stages.train_load_rnn import TrainLoadRnnParams
+    from stages.train_sentiment_ngram import TrainSentimentNgramParams
+    from stages.train_sentiment_rnn import TrainSentimentRnnParams
 
+    models: dict[str, type[BaseModel]] = {
+        "distribute": DistributeSection,
+        "simple_nn": SimpleNNParams,
+        "metrics_demo.multiclass": ProblemParams,
+        "metrics_demo.imbalanced": ProblemParams,
+        "metrics_demo.regression": ProblemParams,
+        "save_restore": SaveRestoreParams,
+        "train_load_rnn": TrainLoadRnnParams,
+        "train_emotion_cnn": TrainEmotionCnnParams,
+        "train_sentiment_rnn": TrainSentimentRnnParams,
+        "train_sentiment_ngram": TrainSentimentNgramParams,
+        "gate": GateParams,
+    }
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     node = params
     for part in section.split("."):
         node = node[part]
-    model = SECTIONS[section]
+    model = models[section]
     for key, value in flatten_params(node).items():  # each param, typed as a user would type it
         copy = tmp_path / "params.yaml"
         copy.write_text((ROOT / "params.yaml").read_text())

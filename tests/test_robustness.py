@@ -232,7 +232,7 @@ from stages.common.cli import run_stage
 from stages.common.distribute import DistributeSection, make_strategy
 
 def main():
-    make_strategy(DistributeSection(strategy="multi_worker"))
+    make_strategy(DistributeSection(strategy="multi_worker", timeout_s=None, cluster_timeout_s=300.0))
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     print("blocked", sorted(blocked), "default", signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
     os.kill(os.getpid(), signal.SIGTERM)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run, stage_env
+from conftest import copy_project, project_files, run, stage_env, stage_params
 from stages.common.cli import StageError
 from stages.common.params import validate
 from stages.models.sentiment_ngram import nb_ratios, ngram_features, set_nb_ratios
@@ -36,7 +36,7 @@ def padded(ids: list[list[int]], length: int, fill: int = 0) -> np.ndarray:
 
 def random_model(vocab_size: int, buckets: int, seed: int = 0):
     """A model with random weights and ratios (zeros would hide any feature a bug adds or drops)."""
-    model = network(vocab_size, TrainSentimentNgramParams(buckets=buckets))
+    model = network(vocab_size, stage_params("train_sentiment_ngram", TrainSentimentNgramParams, buckets=buckets))
     rng = np.random.default_rng(seed)
     bag = model.get_layer("ngram_bag")
     bag.weight.assign(rng.normal(size=bag.weight.shape).astype(np.float32))
@@ -49,7 +49,7 @@ def random_model(vocab_size: int, buckets: int, seed: int = 0):
 
 
 def test_shapes_and_parameter_count() -> None:
-    model = network(50, TrainSentimentNgramParams(buckets=64))
+    model = network(50, stage_params("train_sentiment_ngram", TrainSentimentNgramParams, buckets=64))
     logits = model({"token_indexes": padded([[5, 6, 2], [7, 2]], 3), "sequence_length": np.array([3, 2])}).numpy()
     assert logits.shape == (2, 2) and logits.dtype == np.float32
     np.testing.assert_array_equal(logits[:, 0], 0.0)  # a logistic regression read as two classes
@@ -173,7 +173,7 @@ def small_split(project: Path, tmp_path: Path) -> Path:
 
 def test_same_seed_gives_the_same_weights(project: Path, tmp_path: Path) -> None:
     data = small_split(project, tmp_path)
-    p = TrainSentimentNgramParams(buckets=4096, max_epochs=2, patience=5)
+    p = stage_params("train_sentiment_ngram", TrainSentimentNgramParams, buckets=4096, max_epochs=2, patience=5)
     first, _ = train_model(p, 7, data, None)
     second, _ = train_model(p, 7, data, None)
     other, _ = train_model(p, 8, data, None)
@@ -184,7 +184,14 @@ def test_same_seed_gives_the_same_weights(project: Path, tmp_path: Path) -> None
 
 def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_path: Path) -> None:
     data = small_split(project, tmp_path)
-    p = TrainSentimentNgramParams(buckets=4096, max_epochs=3, patience=10, checkpoint_every_s=0.0)
+    p = stage_params(
+        "train_sentiment_ngram",
+        TrainSentimentNgramParams,
+        buckets=4096,
+        max_epochs=3,
+        patience=10,
+        checkpoint_every_s=0.0,
+    )
     reference, reference_history = train_model(p, 7, data, None)
 
     def interrupt(epoch: int, logs: dict) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run
+from conftest import copy_project, project_files, run, stage_params
 from stages.common.cli import StageError
 from stages.common.params import validate
 from stages.models.sentiment_rnn import recurrent_states
@@ -36,12 +36,19 @@ def padded(ids: list[list[int]], length: int) -> np.ndarray:
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> None:
-    check_padding_invariance(TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+    check_padding_invariance(
+        stage_params("train_sentiment_rnn", TrainSentimentRnnParams, cell=cell, units=8, embedding_dim=6, dense_units=8)
+    )
 
     # The test has teeth: reading the recurrent output at the last *padded* step differs.
     import keras
 
-    model = network(50, TrainSentimentRnnParams(cell=cell, units=8, embedding_dim=6, dense_units=8))
+    model = network(
+        50,
+        stage_params(
+            "train_sentiment_rnn", TrainSentimentRnnParams, cell=cell, units=8, embedding_dim=6, dense_units=8
+        ),
+    )
     review = np.random.default_rng(0).integers(3, 50, size=23).tolist() + [2]
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
     seq = steps(
@@ -55,7 +62,9 @@ def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> Non
     [{"bidirectional": True}, {"readout": "max"}, {"readout": "mean_max", "bidirectional": True, "cell": "gru"}],
 )
 def test_bidirectional_and_pooled_readouts_ignore_padding(options: dict) -> None:
-    check_padding_invariance(TrainSentimentRnnParams(units=8, embedding_dim=6, dense_units=8, **options))
+    check_padding_invariance(
+        stage_params("train_sentiment_rnn", TrainSentimentRnnParams, units=8, embedding_dim=6, dense_units=8, **options)
+    )
 
 
 def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
@@ -91,7 +100,12 @@ def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"]
     from stages.common.seeding import seed_everything
 
     seed_everything(4)
-    model = network(40, TrainSentimentRnnParams(cell=cell, units=6, embedding_dim=5, dense_units=4))
+    model = network(
+        40,
+        stage_params(
+            "train_sentiment_rnn", TrainSentimentRnnParams, cell=cell, units=6, embedding_dim=5, dense_units=4
+        ),
+    )
     ids = np.random.default_rng(1).integers(3, 40, size=17)
     hidden, memory = recurrent_states(model, ids)
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
@@ -193,7 +207,9 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     valid = spec["splits"]["valid"]
     spec["splits"]["train"] = {**valid, "files": [n.replace("valid-", "train-", 1) for n in valid["files"]]}
     (data / "spec.json").write_text(json.dumps(spec))
-    p = TrainSentimentRnnParams(
+    p = stage_params(
+        "train_sentiment_rnn",
+        TrainSentimentRnnParams,
         max_epochs=3,
         patience=10,
         checkpoint_every_s=0.0,

@@ -80,3 +80,14 @@ def test_every_params_section_is_used_by_a_stage() -> None:
         for key in (dep.params or [])
     }
     assert set(params) - used == set(), "params.yaml sections no stage reads"
+
+
+def test_report_runs_no_other_stage_code() -> None:
+    """The report reads the other stages' files, not their code: a change to a stage's code does not
+    re-run it (only the shared machinery in stages/common is allowed)."""
+    code = stage_code_files("python -m stages.report")
+    others = sorted(
+        f for f in code if f not in ("stages/report.py", "stages/__init__.py") and not f.startswith("stages/common/")
+    )
+    assert not others, f"report: runs other stages' code: {others}"
+    assert len(code) <= 10, sorted(code)  # ~42 when it imported every stage's params model

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run
+from conftest import copy_project, project_files, run, stage_params
 from stages.common import tfrecords as T
 from stages.common.cli import StageError
 from stages.common.fer2013_csv import USAGES, read_rows
@@ -310,7 +310,9 @@ def test_series_gaps_are_filled_from_their_own_split_only() -> None:
     load[27] = np.nan  # the last train day (train 28 days, valid 6, test 6) ...
     load[28, :5] = np.nan  # ... and the first hours of valid
     days = Days([dt.date(2015, 1, 1) + dt.timedelta(days=i) for i in range(n_days)], load, load.copy())
-    train, valid, test = make_splits(days, TfrecordsSeriesParams(look_back=3), Path("load.csv"))
+    train, valid, test = make_splits(
+        days, stage_params("tfrecords_series", TfrecordsSeriesParams, look_back=3), Path("load.csv")
+    )
     assert [len(s.dates) for s in (train, valid, test)] == [28, 6, 6]
     assert np.all(train.load[27] == 3600.0)  # held at train's last known value, not pulled toward valid's
     assert np.all(valid.load[0, :5] == 3800.0)  # valid's first known value, not train's
@@ -324,7 +326,7 @@ def test_series_too_short_for_look_back_is_one_clear_error() -> None:
     load = np.ones((20, 24))
     days = Days([dt.date(2015, 1, 1) + dt.timedelta(days=i) for i in range(20)], load, load)
     with pytest.raises(StageError, match=r"load.csv: 20 whole days .* valid \(3 days\)"):
-        make_splits(days, TfrecordsSeriesParams(look_back=5), Path("load.csv"))
+        make_splits(days, stage_params("tfrecords_series", TfrecordsSeriesParams, look_back=5), Path("load.csv"))
 
 
 def test_series_calendar_features_of_known_dates() -> None:
@@ -341,8 +343,6 @@ def test_series_calendar_features_of_known_dates() -> None:
 
 
 def test_series_day_of_year_and_regional_holiday_features() -> None:
-    from pydantic import ValidationError
-
     from stages.tfrecords_series import TfrecordsSeriesParams, calendar_names
 
     days = [dt.date(2016, 1, 1), dt.date(2016, 7, 2), dt.date(2017, 7, 2), dt.date(2018, 3, 19)]
@@ -362,8 +362,8 @@ def test_series_day_of_year_and_regional_holiday_features() -> None:
     assert 0 < share[3] < 1 and share[3] * n_regions == pytest.approx(round(share[3] * n_regions))  # San José
     assert calendar_features(days, "ES", day_of_year=True).shape == (4, len(CALENDAR_FEATURES) + 2)
     assert calendar_features([], "ES", regional_holidays=True).shape == (0, len(CALENDAR_FEATURES) + 1)
-    with pytest.raises(ValidationError, match="regional_holidays: the holidays package knows no regions of 'IS'"):
-        TfrecordsSeriesParams(country="IS", regional_holidays=True)
+    with pytest.raises(StageError, match="regional_holidays: the holidays package knows no regions of 'IS'"):
+        stage_params("tfrecords_series", TfrecordsSeriesParams, country="IS", regional_holidays=True)
 
 
 def regions_of_spain() -> tuple[str, ...]:
@@ -373,8 +373,6 @@ def regions_of_spain() -> tuple[str, ...]:
 
 
 def test_series_country_param_changes_the_holidays() -> None:
-    from pydantic import ValidationError
-
     from stages.tfrecords_series import TfrecordsSeriesParams
 
     holiday = list(CALENDAR_FEATURES).index("holiday")
@@ -385,9 +383,9 @@ def test_series_country_param_changes_the_holidays() -> None:
     ]  # Epiphany, German Unity, Spain's National Day
     assert calendar_features(days, "ES")[:, holiday].tolist() == [1, 0, 1]
     assert calendar_features(days, "DE")[:, holiday].tolist() == [0, 1, 0]  # Epiphany is regional in Germany
-    assert TfrecordsSeriesParams(country="FR").country == "FR"
-    with pytest.raises(ValidationError, match="'XX' is not a country the holidays package knows"):
-        TfrecordsSeriesParams(country="XX")
+    assert stage_params("tfrecords_series", TfrecordsSeriesParams, country="FR").country == "FR"
+    with pytest.raises(StageError, match="'XX' is not a country the holidays package knows"):
+        stage_params("tfrecords_series", TfrecordsSeriesParams, country="XX")
 
 
 def test_series_operator_forecast_is_kept_as_read_not_filled() -> None:
@@ -398,7 +396,9 @@ def test_series_operator_forecast_is_kept_as_read_not_filled() -> None:
     forecast = load + 100.0
     forecast[37, 3:5] = np.nan  # the first test target day (test: days 34..39) has two blank hours
     days = Days([dt.date(2015, 1, 1) + dt.timedelta(days=i) for i in range(n_days)], load, forecast)
-    train, valid, test = make_splits(days, TfrecordsSeriesParams(look_back=3), Path("load.csv"))
+    train, valid, test = make_splits(
+        days, stage_params("tfrecords_series", TfrecordsSeriesParams, look_back=3), Path("load.csv")
+    )
     items = windows(test, 3, fit_scaler(train))
     incomplete = [i["target_day"] for i in items if not np.isfinite(i["forecast_mw"]).all()]
     assert incomplete == ["2015-02-07"]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run
+from conftest import copy_project, project_files, run, stage_params
+from stages.common.cli import StageError
 from stages.models.load_rnn import build_load_rnn
 from stages.train_load_rnn import (
     TrainLoadRnnParams,
@@ -135,7 +136,7 @@ def test_all_test_metrics_use_the_same_days_and_reach_back_into_valid() -> None:
 
 
 def test_calendar_model_keeps_the_tutorials_layers() -> None:
-    p = TrainLoadRnnParams()
+    p = stage_params("train_load_rnn", TrainLoadRnnParams)
     with_calendar = build_load_rnn(5, lstm_units=p.lstm_units, dense_units=p.dense_units, n_calendar=10)
     plain = build_load_rnn(5, lstm_units=p.lstm_units, dense_units=p.dense_units)
     for model in (with_calendar, plain):
@@ -149,18 +150,19 @@ def test_calendar_model_keeps_the_tutorials_layers() -> None:
 
 
 def test_ensemble_seeds_checkpoints_and_schedule_params() -> None:
-    from pydantic import ValidationError
-
     assert member_seeds(42, 1) == [42]  # ensemble: 1 is the single network of the run's seed
     assert member_seeds(42, 3) == [42, 43, 44]
     assert member_checkpoints(Path("ck"), 0) == Path("ck") and member_checkpoints(Path("ck"), 2) == Path("ck/member-2")
-    with pytest.raises(ValidationError, match="ensemble"):
-        TrainLoadRnnParams(ensemble=0)
-    with pytest.raises(ValidationError, match="lr_schedule"):
-        TrainLoadRnnParams.model_validate({"lr_schedule": "step"})
+    with pytest.raises(StageError, match="ensemble"):
+        stage_params("train_load_rnn", TrainLoadRnnParams, ensemble=0)
+    with pytest.raises(StageError, match="lr_schedule"):
+        stage_params("train_load_rnn", TrainLoadRnnParams, lr_schedule="step")
     spec = {"splits": {"train": {"examples": 130}}}
-    assert learning_rate(TrainLoadRnnParams(learning_rate=0.02), spec) == 0.02
-    cosine = learning_rate(TrainLoadRnnParams(learning_rate=0.02, lr_schedule="cosine", max_epochs=10), spec)
+    assert learning_rate(stage_params("train_load_rnn", TrainLoadRnnParams, learning_rate=0.02), spec) == 0.02
+    cosine = learning_rate(
+        stage_params("train_load_rnn", TrainLoadRnnParams, learning_rate=0.02, lr_schedule="cosine", max_epochs=10),
+        spec,
+    )
     assert cosine.decay_steps == 10 * 3  # 130 windows in batches of 64: 3 steps an epoch
     assert float(cosine(0)) == pytest.approx(0.02) and float(cosine(30)) == pytest.approx(0.0, abs=1e-9)
 
@@ -175,7 +177,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_project(tmp_path_factory.mktemp("load_rnn") / "project", files)
     params = yaml.safe_load((root / "params.yaml").read_text())
     if "train_load_rnn" not in params:
-        params["train_load_rnn"] = TrainLoadRnnParams().model_dump()
+        params["train_load_rnn"] = stage_params("train_load_rnn", TrainLoadRnnParams).model_dump()
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("make_series", "tfrecords_series", "train_load_rnn"):
         run(["python", "-m", f"stages.{stage}"], root)
@@ -213,7 +215,7 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
     from stages.train_load_rnn import train_model
 
     data = project / "data/tfrecords/series"
-    p = TrainLoadRnnParams(max_epochs=3, patience=10, checkpoint_every_s=0.0)
+    p = stage_params("train_load_rnn", TrainLoadRnnParams, max_epochs=3, patience=10, checkpoint_every_s=0.0)
     reference, reference_history = train_model(p, 7, data, None)
 
     def interrupt(epoch: int, logs: dict) -> None:

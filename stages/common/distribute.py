@@ -34,7 +34,7 @@ from pydantic import Field
 
 from stages.common import sigterm
 from stages.common.cli import StageError
-from stages.common.params import MISSING, PARAMS_FILE, Section, read_params_file, remember, validate
+from stages.common.params import PARAMS_FILE, Section, read_params_file, remember, validate
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -48,31 +48,31 @@ class DistributeSection(Section):
     """``params.yaml`` -> ``distribute``: how a training stage spreads over devices and hosts."""
 
     strategy: Literal["none", "mirrored", "multi_worker"] = Field(
-        "none", description="none: one process, as the tutorials; mirrored: the local devices; multi_worker: TF_CONFIG"
+        description="none: one process, as the tutorials; mirrored: the local devices; multi_worker: TF_CONFIG"
     )
     # Off by default: the coordination service's heartbeats already stop the others about 10 s
     # after a worker dies, and a per-collective timeout costs one sleeping thread per collective
     # (TF's own advice: for debugging only); under load it also fails healthy but slow peers.
     timeout_s: float | None = Field(
-        None,
         gt=0.0,
         description="multi_worker, for debugging a hung (alive) peer: a collective waiting longer than this fails",
     )
     # TensorFlow waits for every worker TF_CONFIG names before the first op, in C++ and by default
     # for an hour, deaf to Ctrl-C: one mistyped host or a worker never started hangs the stage.
     cluster_timeout_s: float = Field(
-        300.0,
         gt=0.0,
         description="multi_worker: give up when the workers TF_CONFIG names have not all started within this",
     )
 
 
 def load_distribute(path: Path = PARAMS_FILE) -> DistributeSection:
-    """The ``distribute`` section (all defaults when the file has none)."""
+    """The ``distribute`` section."""
     data = read_params_file(path)
+    if SECTION not in data:
+        raise StageError(f"{path}: {SECTION}: missing section")
     if path == PARAMS_FILE:
-        remember(SECTION, data.get(SECTION, MISSING))
-    return validate(DistributeSection, data.get(SECTION, {}), SECTION, path)
+        remember(SECTION, data[SECTION])
+    return validate(DistributeSection, data[SECTION], SECTION, path)
 
 
 @dataclass(frozen=True)

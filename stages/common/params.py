@@ -1,8 +1,11 @@
 """Typed, validated views of ``params.yaml``.
 
-Each stage declares a pydantic model for its own section. Loading validates the
-section before the stage does any work; a problem becomes a StageError naming
-the key, e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)``.
+Each stage declares a pydantic model for its own section: the types and bounds
+of its keys, and no default values: params.yaml is the one source of those, so a
+key missing from it is an error like any other. Loading validates the section
+before the stage does any work; a problem becomes a StageError naming the key,
+e.g. ``params.yaml: simple_nn.epochs: must be greater than 0 (got -5)`` or
+``params.yaml: train_load_rnn.patience: missing key``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base for a params section: unknown keys and loose types are errors."""
+    """Base for a params section: unknown keys, missing keys and loose types are errors.
+
+    Fields declare types and bounds only, never a default (tests/test_params.py checks it).
+    """
 
     # strict: YAML `epochs: "5"` or `epochs: 5.0` is a mistake, not an int.
     # allow_inf_nan: YAML `.inf` / `.nan` pass `gt=0` checks but are never a sensible param.
@@ -35,9 +41,9 @@ class Section(BaseModel):
 class TrainingSection(Section):
     """A training stage's params: the switches every training loop (stages/common/training.py) has."""
 
-    run_eagerly: bool = Field(False, description="true: no tf.function, for debugging")
+    run_eagerly: bool = Field(description="true: no tf.function, for debugging")
     checkpoint_every_s: float = Field(
-        60.0, ge=0.0, description="seconds between resumable checkpoints (0: after every epoch)"
+        ge=0.0, description="seconds between resumable checkpoints (0: after every epoch)"
     )
 
 
@@ -66,6 +72,11 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise StageError(f"{path}: file not found (run from the repository root)") from None
+    return parse_params(text, path)
+
+
+def parse_params(text: str, path: Path | str = PARAMS_FILE) -> dict[str, Any]:
+    """A params file's text as a mapping; errors name ``path`` (where the text came from) and the line."""
     try:
         data = yaml.load(text, Loader=_ParamsLoader)  # _ParamsLoader is a SafeLoader
     except yaml.YAMLError as exc:
