@@ -78,8 +78,8 @@ def main() -> None:
 
     from stages.common.outputs import atomic_outputs, write_json, write_tsv
     from stages.common.seeding import seed_everything
-    from stages.common.tabular import read_tabular
     from stages.common.training import array_batches, checkpoint_dir, clear_checkpoints
+    from stages.datasets.tabular import read_tabular
 
     seed_everything(seed)
     data = read_tabular(DATA)

@@ -65,8 +65,8 @@ def main() -> None:
 
     from stages.common.outputs import atomic_outputs, write_history, write_json
     from stages.common.seeding import seed_everything
-    from stages.common.tabular import read_tabular
     from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
+    from stages.datasets.tabular import read_tabular
     from stages.models.dense_net import build_dense_net
 
     chief = strategy_is_chief(strategy)

@@ -121,8 +121,8 @@ def main() -> None:
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
     from stages.common.streaming_metrics import binary_metrics
-    from stages.common.text import load_vocabulary
     from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.datasets.imdb_text import load_vocabulary
     from stages.models.sentiment_rnn import export_saved_model
 
     spec = read_spec(DATA_DIR)
