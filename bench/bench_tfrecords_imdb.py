@@ -6,7 +6,7 @@ in a temporary folder, then times in this one process:
 - ``stage``: ``stages.tfrecords_imdb.convert`` (all three splits, vocabulary, spec), its
   process pool included;
 - ``baseline``: the original tutorial's strategy with the same preprocessing
-  (stages/common/text.py) and the same splits: one process tokenizes the training
+  (stages/datasets/imdb_text.py) and the same splits: one process tokenizes the training
   reviews to count words, then for every review builds a ``tf.train.SequenceExample``
   token by token (``feature_list.feature.add().int64_list.value.append(id)``) and
   writes it with one ``tf.io.TFRecordWriter`` per split.
@@ -64,7 +64,7 @@ def run_baseline(raw: Path, out_dir: Path) -> None:
     """The original's single-writer loop, with this project's preprocessing and splits."""
     import tensorflow as tf
 
-    from stages.common.text import build_vocabulary, count_tokens, encode, save_vocabulary
+    from stages.datasets.imdb_text import build_vocabulary, count_tokens, encode, save_vocabulary
     from stages.tfrecords_imdb import SPLITS, find_reviews, movie_of, split_reviews
 
     p = stage_params()

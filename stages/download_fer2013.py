@@ -7,7 +7,7 @@
 - ``path``: a file the user has: ``fer2013.csv``, ``fer2013.tar.gz`` (holding
   ``fer2013/fer2013.csv``), the Kaggle competition zip, or ``icml_face_data.csv``
   (columns ``emotion, Usage, pixels``); or FER2013 as image folders
-  (``train/<emotion>/*.jpg`` ...: stages/common/fer2013_images.py), a folder or a
+  (``train/<emotion>/*.jpg`` ...: stages/datasets/fer2013_images.py), a folder or a
   zip / tar(.gz) of one; the form is told from the content;
 - ``kaggle``: the competition zip through the official ``kaggle`` package
   (optional extra ``pip install .[kaggle]``, with the user's API credentials),
@@ -42,11 +42,13 @@ import numpy as np
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from stages.common import fer2013_images
 from stages.common.archives import CORRUPT, check_member_name, extract_archive
 from stages.common.cli import StageError, run_stage
 from stages.common.download import download, sha256_file
-from stages.common.fer2013_csv import (
+from stages.common.outputs import atomic_outputs, keep_folder, scratch_folder, write_json
+from stages.common.params import Section, UserPath, load_params
+from stages.datasets import fer2013_images
+from stages.datasets.fer2013_csv import (
     BAD_ROW_REASONS,
     COLUMNS,
     EMOTIONS,
@@ -59,8 +61,6 @@ from stages.common.fer2013_csv import (
     format_rows,
     read_rows,
 )
-from stages.common.outputs import atomic_outputs, keep_folder, scratch_folder, write_json
-from stages.common.params import Section, UserPath, load_params
 
 log = logging.getLogger(__name__)
 OUT_DIR = Path("data/raw/fer2013")

@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, UserPath, load_params
-from stages.common.text import length_stats, strip_tags
+from stages.datasets.imdb_text import length_stats, strip_tags
 
 log = logging.getLogger(__name__)
 

@@ -95,10 +95,11 @@ def main() -> None:
 
     import keras
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.outputs import atomic_outputs, write_csv, write_history, write_json, write_tsv
     from stages.common.seeding import seed_everything
-    from stages.common.tabular import read_tabular
-    from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
+    from stages.common.training import Trainer, array_batches
+    from stages.datasets.tabular import read_tabular
     from stages.models.dense_net import build_dense_net
 
     seed_everything(seed)

@@ -76,10 +76,11 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.outputs import atomic_outputs, write_json, write_tsv
     from stages.common.seeding import seed_everything
-    from stages.common.tabular import read_tabular
-    from stages.common.training import array_batches, checkpoint_dir, clear_checkpoints
+    from stages.common.training import array_batches
+    from stages.datasets.tabular import read_tabular
 
     seed_everything(seed)
     data = read_tabular(DATA)

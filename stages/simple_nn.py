@@ -63,10 +63,12 @@ def main() -> None:
 
     import keras
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.outputs import atomic_outputs, write_history, write_json
+    from stages.common.replicas import distribute_batches, scope
     from stages.common.seeding import seed_everything
-    from stages.common.tabular import read_tabular
-    from stages.common.training import Trainer, array_batches, checkpoint_dir, clear_checkpoints
+    from stages.common.training import Trainer, array_batches
+    from stages.datasets.tabular import read_tabular
     from stages.models.dense_net import build_dense_net
 
     chief = strategy_is_chief(strategy)
@@ -74,24 +76,27 @@ def main() -> None:
     data = read_tabular(DATA)
     x, y = data.x, data.y  # tutorial 01 trains on all 100 points
 
+    with scope(strategy):  # with a strategy, its variables are made in its scope
+        model = build_dense_net(x.shape[1], [p.hidden_units], 2, name="simple_nn")
+        optimizer = keras.optimizers.SGD(learning_rate=p.learning_rate)
     trainer = Trainer(
-        lambda: build_dense_net(x.shape[1], [p.hidden_units], 2, name="simple_nn"),
-        lambda: keras.optimizers.SGD(learning_rate=p.learning_rate),
+        model,
+        optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
         run_eagerly=p.run_eagerly,
         strategy=strategy,
     )
-    model = trainer.model
     ckpt = checkpoint_dir(CHECKPOINTS, "simple_nn", p, seed, prune=chief)
+    batches = array_batches(x, y, p.batch_size, seed=seed)
     history = trainer.fit(
-        array_batches(x, y, p.batch_size, seed=seed),
+        lambda epoch: distribute_batches(strategy, batches(epoch)),  # split among the replicas
         p.epochs,
         checkpoint_dir=ckpt,
         checkpoint_every_s=p.checkpoint_every_s,
         desc="simple_nn",
     )
-    final = trainer.evaluate([(x, y)], prefix="train_")
+    final = trainer.evaluate(distribute_batches(strategy, [(x, y)]), prefix="train_")
     log.info(
         "epoch 1 loss %.4f -> epoch %d loss %.4f, accuracy %.3f",
         history[0]["loss"],

@@ -25,7 +25,6 @@ import numpy as np
 from pydantic import Field
 
 from stages.common.cli import StageError, run_stage
-from stages.common.fer2013_csv import EMOTIONS, SIDE, USAGES, read_rows
 from stages.common.params import Section, load_params
 from stages.common.tfrecords import (
     SPEC_FILE,
@@ -37,6 +36,7 @@ from stages.common.tfrecords import (
     write_spec,
     write_split,
 )
+from stages.datasets.fer2013_csv import EMOTIONS, SIDE, USAGES, read_rows
 
 log = logging.getLogger(__name__)
 

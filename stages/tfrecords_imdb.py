@@ -9,7 +9,7 @@ Reads ``data/raw/imdb/aclImdb/{train,test}/{pos,neg}/{id}_{rating}.txt`` and wri
   ``review_id`` (the file's id), all int64; feature list ``token_indexes``, one
   int64 id per step: the last ``max_words`` tokens, then ``<eos>``;
 - ``imdb_vocab.txt``: one token per line, the line number being the id
-  (stages/common/text.py: reserved 0 ``<pad>``, 1 ``<unk>``, 2 ``<eos>``);
+  (stages/datasets/imdb_text.py: reserved 0 ``<pad>``, 1 ``<unk>``, 2 ``<eos>``);
 - ``spec.json``: feature names and dtypes, counts per split and class, vocabulary
   size, token length statistics.
 
@@ -51,7 +51,7 @@ from stages.common.cli import StageError, run_stage
 from stages.common.params import Section, load_params
 
 if TYPE_CHECKING:
-    from stages.common.text import Vocabulary
+    from stages.datasets.imdb_text import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def tokenize_chunk(task: tuple[list[tuple[str, bool]], int]) -> ChunkTokens:
     last ``max_words`` local ids of each (module level, so it pickles by name)."""
     import numpy as np
 
-    from stages.common.text import LocalIds, tokenize
+    from stages.datasets.imdb_text import LocalIds, tokenize
 
     files, max_words = task
     local = LocalIds()
@@ -232,7 +232,7 @@ def encode_chunk(task: tuple[bytes, int, list[tuple[bytes, int, int, int]]]) -> 
     to the vocabulary's (``text.lookup_table``), and ``text.table_ids`` is predict's id step too."""
     import numpy as np
 
-    from stages.common.text import UNK_ID, table_ids
+    from stages.datasets.imdb_text import UNK_ID, table_ids
 
     table_bytes, max_words, reviews = task
     table = np.frombuffer(table_bytes, dtype=np.int32)
@@ -278,7 +278,7 @@ def tokenize_and_encode(
     Returns ``(vocab, records, token counts, unknown counts)``, lists in review order.
     """
 
-    from stages.common.text import build_vocabulary, lookup_table
+    from stages.datasets.imdb_text import build_vocabulary, lookup_table
 
     starts = range(0, len(reviews), CHUNK_REVIEWS)
     with process_map(p.workers) as pool_map:
@@ -321,8 +321,8 @@ def build_spec(
     """spec.json: what a reader of the records needs to know, and what the data looks like."""
     import numpy as np
 
-    from stages.common.text import RESERVED, length_stats
     from stages.common.tfrecords import split_entry
+    from stages.datasets.imdb_text import RESERVED, length_stats
 
     per_split = {}
     for name, reviews in splits.items():
@@ -362,8 +362,8 @@ def build_spec(
 
 def convert(raw: Path, out_dir: Path, p: TFRecordsImdbParams, seed: int) -> dict:
     """Write the vocabulary, the shards of every split and spec.json into ``out_dir``; return the spec."""
-    from stages.common.text import save_vocabulary
     from stages.common.tfrecords import SPEC_FILE, write_spec, write_split
+    from stages.datasets.imdb_text import save_vocabulary
 
     movies = movie_of(raw, "train")
     splits = split_reviews(find_reviews(raw, "train"), find_reviews(raw, "test"), p.valid_fraction, seed, movies)

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from stages.common.cli import StageError, run_stage
 from stages.common.outputs import atomic_outputs
 from stages.common.params import Section, load_params
-from stages.common.tabular import write_tabular
+from stages.datasets.tabular import write_tabular
 
 log = logging.getLogger(__name__)
 OUT_DIR = Path("data/toy")

@@ -396,9 +396,11 @@ def train_model(
     """
     import keras
 
+    from stages.common.early_stopping import EarlyStopping
     from stages.common.input_pipelines import image_batches, read_spec
+    from stages.common.replicas import distribute_input, scope
     from stages.common.seeding import seed_everything
-    from stages.common.training import EarlyStopping, Trainer
+    from stages.common.training import Trainer
 
     seed_everything(seed)
     spec = read_spec(data_dir)
@@ -410,16 +412,19 @@ def train_model(
     side = int(spec.get("image_shape", [48])[0])
     synchronized = strategy is not None and strategy.num_replicas_in_sync > 1
     loss = WeightedCrossEntropy(weights, label_smoothing=p.label_smoothing)
+    with scope(strategy):  # with a strategy, its variables are made in its scope
+        model = build_model(p, len(names), side, synchronized)
+        optimizer = make_optimizer(p, spec)
     trainer = Trainer(
-        lambda: build_model(p, len(names), side, synchronized),
-        lambda: make_optimizer(p, spec),
+        model,
+        optimizer,
         loss,
         metrics={"accuracy": keras.metrics.SparseCategoricalAccuracy},
         run_eagerly=p.run_eagerly,
         strategy=strategy,
     )
 
-    # The Trainer calls each function of the InputContext with this worker's (None without a strategy).
+    # Each function of the InputContext gets this worker's (None without a strategy: all batches).
     def train(epoch: int):
         def batches(context):
             data = image_batches(data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, input_context=context)
@@ -430,10 +435,10 @@ def train_model(
                 data, seed, epoch, p.augment_shift, stream, p.augment_flip, p.augment_rotation, p.augment_erasing
             )
 
-        return batches
+        return distribute_input(strategy, batches)
 
     def validation():
-        return split_batches(data_dir, "valid", p.batch_size)
+        return distribute_input(strategy, split_batches(data_dir, "valid", p.batch_size))
 
     history = trainer.fit(
         train=train,
@@ -599,9 +604,10 @@ def main() -> None:
 
     import tensorflow as tf
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.input_pipelines import read_spec
     from stages.common.outputs import atomic_outputs, write_csv, write_history, write_json
-    from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.common.replicas import distribute_input
     from stages.models.emotion_cnn import export_saved_model, to_pixels
 
     chief = strategy_is_chief(strategy)
@@ -609,7 +615,7 @@ def main() -> None:
     names = list(spec["class_names"])
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed, prune=chief)
     trainer, history = train_model(p, seed, DATA_DIR, ckpt, strategy=strategy)
-    valid = trainer.evaluate(split_batches(DATA_DIR, "valid", p.batch_size))  # each worker reads its part
+    valid = trainer.evaluate(distribute_input(strategy, split_batches(DATA_DIR, "valid", p.batch_size)))  # its part
     if not chief:
         return  # that was the last step all workers take together; the chief writes the outputs
     images, labels = collect_split(DATA_DIR, "test", p.batch_size)

@@ -168,9 +168,10 @@ def train_model(p: TrainLoadRnnParams, seed: int, data_dir: Path, checkpoints: P
     """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
     import keras
 
+    from stages.common.early_stopping import EarlyStopping
     from stages.common.input_pipelines import read_spec, series_batches
     from stages.common.seeding import seed_everything
-    from stages.common.training import EarlyStopping, Trainer
+    from stages.common.training import Trainer
     from stages.models.load_rnn import build_load_rnn
 
     seed_everything(seed)
@@ -349,9 +350,9 @@ def plot_forecast_days(days: Sequence[str], actual_mw: np.ndarray, predicted_mw:
 def main() -> None:
     seed, p = load_params(STAGE, TrainLoadRnnParams)
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.input_pipelines import read_spec, series_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json
-    from stages.common.training import checkpoint_dir, clear_checkpoints
 
     scaler = json.loads((DATA_DIR / read_spec(DATA_DIR)["scaler"]).read_text(encoding="utf-8"))
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)

@@ -89,9 +89,9 @@ def new_trainer(vocab_size: int, p: TrainSentimentNgramParams):
 def train_model(p: TrainSentimentNgramParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
     """Seed, build, fit the NB ratios on the training split and train; return ``(trainer, history)``
     with the best weights restored."""
+    from stages.common.early_stopping import EarlyStopping
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.seeding import seed_everything
-    from stages.common.training import EarlyStopping
     from stages.models.sentiment_ngram import nb_ratios, set_nb_ratios
 
     seed_everything(seed)
@@ -118,11 +118,11 @@ def train_model(p: TrainSentimentNgramParams, seed: int, data_dir: Path, checkpo
 def main() -> None:
     seed, p = load_params(STAGE, TrainSentimentNgramParams)
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
     from stages.common.streaming_metrics import binary_metrics
-    from stages.common.text import load_vocabulary
-    from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.datasets.imdb_text import load_vocabulary
     from stages.models.sentiment_rnn import export_saved_model
 
     spec = read_spec(DATA_DIR)

@@ -133,9 +133,9 @@ def new_trainer(vocab_size: int, p: TrainSentimentRnnParams):
 
 def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoints: Path | None, on_epoch_end=None):
     """Seed, build and train; return ``(trainer, history)`` with the best weights restored."""
+    from stages.common.early_stopping import EarlyStopping
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.seeding import seed_everything
-    from stages.common.training import EarlyStopping
 
     seed_everything(seed)
     trainer = new_trainer(int(read_spec(data_dir)["vocab_size"]), p)
@@ -198,11 +198,11 @@ def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
 def main() -> None:
     seed, p = load_params(STAGE, TrainSentimentRnnParams)
 
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
     from stages.common.streaming_metrics import binary_metrics
-    from stages.common.text import decode, load_vocabulary
-    from stages.common.training import checkpoint_dir, clear_checkpoints
+    from stages.datasets.imdb_text import decode, load_vocabulary
     from stages.models.sentiment_rnn import export_saved_model, recurrent_states
 
     spec = read_spec(DATA_DIR)

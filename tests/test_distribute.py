@@ -355,9 +355,15 @@ def test_a_model_built_outside_the_strategy_scope_is_refused() -> None:
     def build() -> keras.Model:
         return keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
 
-    with pytest.raises(ValueError, match="a function that builds the model"):
-        Trainer(build(), lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
-    trainer = Trainer(build, lambda: keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    with strategy.scope():
+        optimizer = keras.optimizers.SGD(0.1)
+    with pytest.raises(ValueError, match="build the model under strategy.scope"):
+        Trainer(build(), optimizer, keras.losses.MeanSquaredError(), strategy=strategy)
+    with strategy.scope():
+        model = build()
+    with pytest.raises(ValueError, match="build the optimizer under strategy.scope"):
+        Trainer(model, keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError(), strategy=strategy)
+    trainer = Trainer(model, optimizer, keras.losses.MeanSquaredError(), strategy=strategy)
     assert all(strategy.extended.variable_created_in_scope(v.value) for v in trainer.model.weights)
 
 

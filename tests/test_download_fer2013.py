@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from conftest import run, stage_env
 from stages import download_fer2013 as stage
 from stages.common.cli import StageError
-from stages.common.fer2013_csv import EMOTIONS, FER2013_CLASS_COUNTS, HEADER, PIXELS, USAGES, read_rows
+from stages.datasets.fer2013_csv import EMOTIONS, FER2013_CLASS_COUNTS, HEADER, PIXELS, USAGES, read_rows
 from stages.samples.fer2013 import draw_faces, iter_sample_rows, split_labels
 
 MODULE = ["python", "-m", "stages.download_fer2013"]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import run
-from stages.common import fer2013_images
-from stages.common.fer2013_csv import EMOTIONS, HEADER, USAGES, read_rows
+from stages.datasets import fer2013_images
+from stages.datasets.fer2013_csv import EMOTIONS, HEADER, USAGES, read_rows
 from test_download_fer2013 import MODULE, OUT_CSV, REPORT, set_params, stage_fails
 
 FOLDERS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -16,7 +16,7 @@ import yaml
 from conftest import ROOT, run
 from stages.common import input_pipelines as P, tfrecords as T
 from stages.common.cli import StageError
-from stages.common.fer2013_csv import EMOTIONS
+from stages.datasets.fer2013_csv import EMOTIONS
 
 N_FACES, N_REVIEWS = 70, 23
 

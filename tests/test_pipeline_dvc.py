@@ -147,7 +147,7 @@ def test_param_change_reruns_only_that_stage_and_metrics_diff_shows_it(repo: Pat
 
 
 @pytest.mark.parametrize(
-    "module", ["stages/common/tabular.py", "stages/common/streaming_metrics.py", "stages/common/training.py"]
+    "module", ["stages/datasets/tabular.py", "stages/common/streaming_metrics.py", "stages/common/training.py"]
 )
 def test_shared_module_change_marks_exactly_its_importers_changed(repo: Path, module: str) -> None:
     importers = {name for name, cmd in stage_commands(repo).items() if module in stage_code_files(cmd)}

@@ -19,7 +19,7 @@ import yaml
 from conftest import copy_project, project_files, run, stage_params
 from stages.common import tfrecords as T
 from stages.common.cli import StageError
-from stages.common.fer2013_csv import USAGES, read_rows
+from stages.datasets.fer2013_csv import USAGES, read_rows
 from stages.tfrecords_series import CALENDAR_FEATURES, calendar_features
 from tfrecord_reader import read_independently
 

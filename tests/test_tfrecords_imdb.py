@@ -1,4 +1,4 @@
-"""Tutorial 04: text preprocessing (stages/common/text.py) and the ``tfrecords_imdb`` stage."""
+"""Tutorial 04: text preprocessing (stages/datasets/imdb_text.py) and the ``tfrecords_imdb`` stage."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 
 from conftest import copy_project, project_files, run
 from stages.common.cli import StageError
-from stages.common.text import (
+from stages.datasets.imdb_text import (
     EOS_ID,
     PAD_ID,
     RESERVED,

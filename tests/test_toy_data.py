@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from conftest import run
-from stages.common.tabular import read_tabular
+from stages.datasets.tabular import read_tabular
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
+from stages.common.early_stopping import EarlyStopping
+from stages.common.replicas import distribute_input
 from stages.common.seeding import seed_everything
-from stages.common.training import EarlyStopping, Trainer, array_batches, checkpoint_dir, clear_checkpoints
+from stages.common.training import Trainer, array_batches
 
 
 def moons(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +95,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
 
 
 def test_without_a_strategy_a_function_of_the_input_context_gets_none_and_trains_as_its_batches() -> None:
-    # The stages hand the Trainer one kind of input, with a strategy or without (train_emotion_cnn).
+    # The stages hand distribute_input one kind of input, with a strategy or without (train_emotion_cnn).
     x, y = moons()
     batches = array_batches(x, y, 16, seed=3)
     contexts: list[object] = []
@@ -107,11 +110,13 @@ def test_without_a_strategy_a_function_of_the_input_context_gets_none_and_trains
     plain, functions = new_trainer(), new_trainer()
     expected = plain.fit(batches, epochs=3, validation=lambda: [(x, y)])
     got = functions.fit(
-        lambda epoch: recording(lambda: batches(epoch)), epochs=3, validation=lambda: recording(lambda: [(x, y)])
+        lambda epoch: distribute_input(None, recording(lambda: batches(epoch))),
+        epochs=3,
+        validation=lambda: distribute_input(None, recording(lambda: [(x, y)])),
     )
     assert contexts == [None] * 6  # each epoch: train, then validation
     assert [dict(h) for h in got] == [dict(h) for h in expected]
-    assert functions.evaluate(lambda context: [(x, y)]) == plain.evaluate([(x, y)])
+    assert functions.evaluate(distribute_input(None, lambda context: [(x, y)])) == plain.evaluate([(x, y)])
 
 
 def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from stages.common.cli import StageError, run_stage
-from stages.common.fer2013_csv import SIDE  # the model's input: 48×48 grey faces
+from stages.datasets.fer2013_csv import SIDE  # the model's input: 48×48 grey faces
 
 log = logging.getLogger("stages.apps.emotion_demo")
 

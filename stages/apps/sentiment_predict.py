@@ -10,7 +10,7 @@ Uses the SavedModel that ``train_sentiment_rnn`` exports
 one of ``train_sentiment_ngram`` (``models/sentiment_ngram/saved_model``); both
 have the same signature, vocabulary asset and ``max_words``. The text is prepared exactly
 as the training reviews were: the vocabulary and ``max_words`` come from the
-SavedModel, and the encoding is ``stages.common.text.encode`` - HTML stripped,
+SavedModel, and the encoding is ``stages.datasets.imdb_text.encode`` - HTML stripped,
 the same tokenizer, unknown words -> ``<unk>``, the last ``max_words`` tokens
 then ``<eos>`` - the functions ``tfrecords_imdb`` used to write the TFRecords
 (a test checks the ids equal the records' for the same raw review).
@@ -87,7 +87,7 @@ def read_reviews(texts: list[str], files: list[Path]) -> list[Review]:
             raise StageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except OSError as exc:
             raise StageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    from stages.common.text import tokenize
+    from stages.datasets.imdb_text import tokenize
 
     for review in reviews:
         if not tokenize(review.text):
@@ -104,7 +104,7 @@ class SentimentModel:
             raise StageError(f"{path}: no exported model here (run `dvc repro {stage}`, or pass --model)")
         import tensorflow as tf
 
-        from stages.common.text import load_vocabulary
+        from stages.datasets.imdb_text import load_vocabulary
 
         try:
             self.loaded = tf.saved_model.load(str(path))
@@ -124,7 +124,7 @@ class SentimentModel:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a raw review, exactly as tfrecords_imdb wrote them."""
-        from stages.common.text import encode
+        from stages.datasets.imdb_text import encode
 
         return encode(text, self.vocab, self.max_words)
 
@@ -133,7 +133,7 @@ class SentimentModel:
         import numpy as np
         import tensorflow as tf
 
-        from stages.common.text import PAD_ID
+        from stages.datasets.imdb_text import PAD_ID
 
         ids = [self.encode(text) for text in texts]
         lengths = np.array([len(i) for i in ids], np.int64)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.fer2013_csv import SIDE
+from stages.datasets.fer2013_csv import SIDE
 
 # The tutorial's kernel sizes: (first conv, strided conv) per block, then the head's four convs.
 KERNELS = ((5, 5), (5, 5), (3, 3), (1, 3))

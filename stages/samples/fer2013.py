@@ -12,7 +12,7 @@ Surprise, Angry and Disgust, Sad and Neutral) are confusable, as in the real
 data, while a small CNN still learns the classes clearly.
 
 Class balance and the Usage splits follow the real file (Disgust is rare).
-``write_sample`` writes them as the real ``fer2013.csv`` (stages/common/fer2013_csv.py).
+``write_sample`` writes them as the real ``fer2013.csv`` (stages/datasets/fer2013_csv.py).
 Everything comes from one seeded NumPy generator: same seed, same bytes.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.common.fer2013_csv import (
+from stages.datasets.fer2013_csv import (
     EMOTIONS,
     FER2013_CLASS_COUNTS,
     HEADER,

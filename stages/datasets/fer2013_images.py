@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.common.cli import StageError
-from stages.common.fer2013_csv import EMOTIONS, SIDE, USAGES
+from stages.datasets.fer2013_csv import EMOTIONS, SIDE, USAGES
 
 log = logging.getLogger(__name__)
 
