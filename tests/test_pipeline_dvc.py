@@ -392,12 +392,12 @@ def test_every_model_param_can_be_set_with_exp_run_set_param(section: str, tmp_p
         assert flatten_params(validated.model_dump())[key] == changed, (key, args[1])
 
 
-def test_readme_shows_the_current_dag() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_show_the_current_dag() -> None:
+    readme = (ROOT / "docs" / "pipeline.md").read_text()
     block = re.search(r"```mermaid\n(.*?)```", readme, re.S)
-    assert block, "README.md: no ```mermaid block"
+    assert block, "docs/pipeline.md: no ```mermaid block"
     dag = run(["dvc", "dag", "--mermaid"], ROOT).stdout
-    assert block.group(1).strip() == dag.strip(), "README.md's DAG is stale: paste `dvc dag --mermaid` into it"
+    assert block.group(1).strip() == dag.strip(), "docs/pipeline.md's DAG is stale: paste `dvc dag --mermaid` into it"
 
 
 def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, tmp_path: Path) -> None:

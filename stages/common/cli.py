@@ -42,7 +42,7 @@ STARTUP_NOISE = (
 _NOISE = re.compile("|".join(re.escape(s) for s in STARTUP_NOISE).encode())
 # TensorFlow's C++ log messages when a worker of a cluster dies: several lines each (the
 # unhealthy task, advice, a status payload), all said again by the stage's one `error:` line
-# (training.py). run_stage drops such a message from its first line to the one holding the
+# (replicas.py). run_stage drops such a message from its first line to the one holding the
 # status payload ("[type.googleapis.com/...]"), at most _ABORT_MAX_LINES lines.
 PEER_ABORT_NOISE = (
     "BaseCollectiveExecutor::StartAbort",
