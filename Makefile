@@ -39,13 +39,13 @@ format: setup
 
 # Speed benchmarks (minutes; results in bench/results/*.json, figures in the README).
 bench: setup
-	python bench/bench_tfrecords_imdb.py
-	python bench/bench_tfrecords_fer2013.py
-	python bench/bench_input_pipelines.py
-	python bench/bench_train_emotion_cnn.py
-	python bench/bench_fer2013_epoch.py
-	python bench/bench_sentiment_rnn.py
-	python bench/bench_numerics.py
+	python -m bench.bench_tfrecords_imdb
+	python -m bench.bench_tfrecords_fer2013
+	python -m bench.bench_input_pipelines
+	python -m bench.bench_train_emotion_cnn
+	python -m bench.bench_fer2013_epoch
+	python -m bench.bench_sentiment_rnn
+	python -m bench.bench_numerics
 
 # qemu-user runs x86-64 programs on emulated CPUs (other vendors, caches, instruction sets): the
 # cross-CPU check needs it. Installed with apt-get where this runs as root on Debian/Ubuntu;
@@ -63,7 +63,7 @@ emulator:
 # Every model's training slice natively and on six emulated CPUs (about 15 min on 2 cores):
 # bench/results/cross_cpu.json, the README's cross-CPU table.
 cross-cpu: setup emulator
-	python bench/cross_cpu.py
+	python -m bench.cross_cpu
 
 # The pipeline on the three real datasets as a DVC experiment (recipes/real-data.yaml; hours on
 # 2 cores). FER2013=, IMDB=, SERIES= give local copies: make real FER2013=~/fer2013.csv
