@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test lint format bench cross-cpu emulator real clean-outputs
+.PHONY: setup repro test test-fast lint format bench cross-cpu emulator real clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -22,10 +22,18 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
-# Lint and types first (seconds), then the suite. The emulator (for tests/test_cross_cpu.py) is
-# installed where it can be; elsewhere that test is skipped and says why.
+# Lint and types first (seconds), then the suite on TEST_WORKERS pytest-xdist workers (tests that
+# share a trained model or a pipeline run stay on one worker: tests/conftest.py). The emulator (for
+# tests/test_cross_cpu.py) is installed where it can be; elsewhere that test is skipped and says why.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: lint emulator
-	pytest
+	pytest $(PYTEST_PARALLEL)
+
+# The inner loop (under 3 minutes on 2 cores): the tests not marked slow, so no DVC pipeline, no
+# shared trained model, no training beyond a few steps; no lint (`make lint`).
+test-fast: setup
+	pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # ruff (lint, import order, formatting) and mypy, as configured in pyproject.toml.
 lint: setup

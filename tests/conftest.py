@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,11 +98,174 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def emotion_cnn_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with the default FER2013 sample, its TFRecords, and train_emotion_cnn run once at its
-    default params (shared by tests/test_emotion_cnn.py and tests/test_emotion_demo.py: ~2 minutes)."""
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone of the project after its first `dvc repro` at the default params, committed, with
+    the run's stdout, stderr and `git status --porcelain` beside it (first_run.log, .err, .status).
+
+    Built once per `pytest` run, even on several xdist workers (the first to ask builds it under a lock,
+    the others wait and reuse it): about 3 minutes on 2 cores. Read it, never change it: a test that
+    changes it works on a copy (``clone_pipeline_run``, ``project_from_pipeline_run``)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one folder per run of pytest
+    home = shared / "pipeline_run"
+    with (shared / "pipeline_run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "done").exists():
+            shutil.rmtree(home, ignore_errors=True)  # what a failed build left
+            path = copy_project(home / "repo")
+            result = run(["dvc", "repro"], path, timeout=1800)  # 3 minutes on 2 cores, far more when shared
+            (home / "first_run.log").write_text(result.stdout)
+            (home / "first_run.err").write_text(result.stderr)
+            changed = subprocess.run(
+                ["git", "status", "--porcelain"], cwd=path, check=True, capture_output=True, text=True
+            )
+            (home / "first_run.status").write_text(changed.stdout)
+            subprocess.run(["git", "add", "-A"], cwd=path, check=True)
+            subprocess.run(["git", "commit", "-qm", "first repro", "--allow-empty"], cwd=path, check=True)
+            (home / "done").touch()
+    return home / "repo"
+
+
+def clone_pipeline_run(pipeline_run: Path, dest: Path) -> Path:
+    """A copy of the session's pipeline run (its git history, DVC cache and logs: nothing reruns) in
+    ``dest``; the copied repository."""
+    subprocess.run(["cp", "-a", str(pipeline_run.parent), str(dest)], check=True)
+    return dest / pipeline_run.name
+
+
+def stage_outputs(stages: tuple[str, ...]) -> list[str]:
+    """The outs, metrics and plots dvc.yaml declares for ``stages``."""
+    declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in stages:
+        for kind in ("outs", "metrics", "plots"):
+            for entry in declared[stage].get(kind, []):
+                paths.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return paths
+
+
+def project_from_pipeline_run(pipeline_run: Path, dest: Path, stages: tuple[str, ...]) -> Path:
+    """A scratch project (params.yaml and the stages, as ``workdir``) holding what ``stages`` wrote in the
+    session's pipeline run: the same as running them here, one after the other, at the default params
+    (`dvc repro` runs the same commands on the same params.yaml; test_pipeline_dvc checks that its
+    outputs are the committed ones), without training again."""
     files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
-    root = copy_project(tmp_path_factory.mktemp("emotion_cnn") / "project", files)
-    for stage in ("download_fer2013", "tfrecords_fer2013", "train_emotion_cnn"):
-        run(["python", "-m", f"stages.{stage}"], root)
+    root = copy_project(dest, files)
+    for name in stage_outputs(stages):
+        source = pipeline_run / name
+        assert source.exists(), f"the pipeline run has no {name}"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", str(source), str(root / name)], check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def emotion_cnn_project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A project copy with the default FER2013 sample, its TFRecords, and train_emotion_cnn run once at its
+    default params (shared by tests/test_emotion_cnn.py and tests/test_emotion_demo.py; taken from the
+    session's pipeline run)."""
+    return project_from_pipeline_run(
+        pipeline_run,
+        tmp_path_factory.mktemp("emotion_cnn") / "project",
+        ("download_fer2013", "tfrecords_fer2013", "train_emotion_cnn"),
+    )
+
+
+# --- scheduling and selection -----------------------------------------------------------------------
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`); `make test-fast`
+# runs what is not marked `slow`, for the inner loop.
+#
+# A test that uses a fixture of module or session scope defined here or in its file (a trained model,
+# converted records, a pipeline run) goes to one group with every other test that uses it, so that
+# the fixture is built once, on one worker: a session fixture is its own group (tests in several files
+# share it), a module fixture its file's. The other tests are scheduled one by one, after the groups.
+# Groups start in the order of GROUP_ORDER: the longest first, so that none starts last; while one
+# worker builds the pipeline run (test_pipeline_dvc.py), the other runs groups that do not need it.
+GROUP_ORDER = (
+    "test_pipeline_dvc.py",
+    "test_cross_cpu.py",
+    "test_distribute.py",
+    "test_numerics.py",
+    "test_tfrecords_imdb.py",
+    "test_tfrecords.py",
+    "test_download_imdb.py",
+    "test_make_series.py",
+    "test_input_pipelines.py",
+    # these use the pipeline run
+    "emotion_cnn_project",
+    "test_sentiment_rnn.py",
+    "test_sentiment_ngram.py",
+    "test_train_load_rnn.py",
+)
+
+
+# Session fixtures that every worker can use (built once, under a lock): they group nothing.
+CROSS_WORKER = {"pipeline_run"}
+# `make test-fast` leaves out (marks slow) a test that uses a shared fixture or the dvc CLI (above), one
+# that runs stages in a scratch project (these fixtures), and every test of these files: each of their
+# tests starts stage processes (each `import tensorflow` is seconds), trains, or emulates CPUs. Single
+# tests that take long (over 10 s on 2 busy cores, measured) carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = {"workdir", "http_server"}
+SLOW_FILES = {
+    "test_cross_cpu.py",
+    "test_distribute.py",
+    "test_export.py",
+    "test_integrity.py",
+    "test_numerics.py",
+    "test_packaging.py",
+    "test_pipeline_dvc.py",
+    "test_robustness.py",
+    "test_stage_log.py",
+}
+
+
+def shared_fixtures(item: pytest.Item) -> dict[str, str]:
+    """The suite's own fixtures of module or session scope that ``item`` uses: name -> scope."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return {}
+    tests_dir = Path(__file__).parent
+    found = {}
+    for name in info.names_closure:
+        for definition in info.name2fixturedefs.get(name, ()):
+            if (
+                definition.scope in ("module", "session")
+                and Path(definition.func.__code__.co_filename).parent == tests_dir
+            ):
+                found[name] = definition.scope  # not pytest's own (tmp_path_factory, ...)
+    return found
+
+
+def group_name(item: pytest.Item) -> str | None:
+    marked = item.get_closest_marker("xdist_group")
+    if marked is not None:
+        return marked.args[0] if marked.args else marked.kwargs["name"]
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = shared_fixtures(item)
+        if group_name(item) is None:
+            # A session fixture's group wins: its tests may sit in several files.
+            groups = [n for n, scope in shared.items() if scope == "session" and n not in CROSS_WORKER]
+            groups += [item.path.name for n, scope in shared.items() if scope == "module"]
+            if groups:
+                item.add_marker(pytest.mark.xdist_group(groups[0]))
+        if (
+            shared
+            or group_name(item) is not None
+            or item.get_closest_marker("dvc") is not None
+            or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or item.path.name in SLOW_FILES
+        ):
+            item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(GROUP_ORDER)}
+
+    def order(item: pytest.Item) -> int:
+        group = group_name(item)
+        if group is None:
+            return len(rank) + 1  # single tests last: they fill the gaps
+        return rank.get(group, len(rank))
+
+    items.sort(key=order)  # stable: each group keeps the file's order
