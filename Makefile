@@ -22,11 +22,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
-# Lint and types first (seconds), then the suite on TEST_WORKERS pytest-xdist workers (tests that
-# share a trained model or a pipeline run stay on one worker: tests/conftest.py). The emulator (for
+# Lint and types first (seconds), then the suite on TEST_WORKERS pytest-xdist workers, a test file on
+# one worker (its module fixtures built once; the pipeline run once for all: tests/conftest.py). The emulator (for
 # tests/test_cross_cpu.py) is installed where it can be; elsewhere that test is skipped and says why.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: lint emulator
 	pytest $(PYTEST_PARALLEL)
 

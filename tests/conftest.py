@@ -172,39 +172,42 @@ def emotion_cnn_project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: 
 
 
 # --- scheduling and selection -----------------------------------------------------------------------
-# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`); `make test-fast`
-# runs what is not marked `slow`, for the inner loop.
+# `make test` runs the suite on two pytest-xdist workers, a file at a time on one worker
+# (`-n 2 --dist loadfile`: a module fixture is built once); `make test-fast` runs what is not marked
+# `slow`, for the inner loop. (`--dist loadgroup` would group by xdist_group marks, but xdist 3.8
+# marks a group by editing the item's node id, which pytest 9 no longer reads.)
 #
-# A test that uses a fixture of module or session scope defined here or in its file (a trained model,
-# converted records, a pipeline run) goes to one group with every other test that uses it, so that
-# the fixture is built once, on one worker: a session fixture is its own group (tests in several files
-# share it), a module fixture its file's. The other tests are scheduled one by one, after the groups.
-# Groups start in the order of GROUP_ORDER: the longest first, so that none starts last; while one
-# worker builds the pipeline run (test_pipeline_dvc.py), the other runs groups that do not need it.
-GROUP_ORDER = (
+# Files start in the order of FILE_ORDER, the longest first (measured), so that no long file starts
+# last; the others follow in name order. While one worker builds the pipeline run (test_pipeline_dvc.py,
+# first), the other runs files that do not need it; the files that do come after those.
+FILE_ORDER = (
     "test_pipeline_dvc.py",
     "test_cross_cpu.py",
+    "test_robustness.py",
     "test_distribute.py",
+    "test_integrity.py",
+    "test_export.py",
+    "test_stage_log.py",
     "test_numerics.py",
+    "test_download_imdb.py",
+    "test_download_fer2013.py",
+    "test_fer2013_images.py",
     "test_tfrecords_imdb.py",
     "test_tfrecords.py",
-    "test_download_imdb.py",
-    "test_make_series.py",
-    "test_input_pipelines.py",
+    "test_emotion_recipe.py",
+    "test_training.py",
     # these use the pipeline run
-    "emotion_cnn_project",
+    "test_emotion_cnn.py",
     "test_sentiment_rnn.py",
     "test_sentiment_ngram.py",
     "test_train_load_rnn.py",
+    "test_emotion_demo.py",
 )
-
-
-# Session fixtures that every worker can use (built once, under a lock): they group nothing.
-CROSS_WORKER = {"pipeline_run"}
-# `make test-fast` leaves out (marks slow) a test that uses a shared fixture or the dvc CLI (above), one
-# that runs stages in a scratch project (these fixtures), and every test of these files: each of their
-# tests starts stage processes (each `import tensorflow` is seconds), trains, or emulates CPUs. Single
-# tests that take long (over 10 s on 2 busy cores, measured) carry @pytest.mark.slow themselves.
+# `make test-fast` leaves out (marks slow) a test that uses a module or session fixture of the suite's
+# own (a trained model, a pipeline run, converted records) or the dvc CLI, one that runs stages in a
+# scratch project (SLOW_FIXTURES), and every test of SLOW_FILES: each of their tests starts stage
+# processes (each `import tensorflow` is seconds), trains, or emulates CPUs. Single tests that take
+# long (over 10 s on 2 busy cores, measured) carry @pytest.mark.slow themselves.
 SLOW_FIXTURES = {"workdir", "http_server"}
 SLOW_FILES = {
     "test_cross_cpu.py",
@@ -219,53 +222,27 @@ SLOW_FILES = {
 }
 
 
-def shared_fixtures(item: pytest.Item) -> dict[str, str]:
-    """The suite's own fixtures of module or session scope that ``item`` uses: name -> scope."""
+def uses_shared_fixture(item: pytest.Item) -> bool:
+    """Whether ``item`` uses a fixture of module or session scope defined in tests/ (not pytest's own)."""
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
-        return {}
+        return False
     tests_dir = Path(__file__).parent
-    found = {}
-    for name in info.names_closure:
-        for definition in info.name2fixturedefs.get(name, ()):
-            if (
-                definition.scope in ("module", "session")
-                and Path(definition.func.__code__.co_filename).parent == tests_dir
-            ):
-                found[name] = definition.scope  # not pytest's own (tmp_path_factory, ...)
-    return found
-
-
-def group_name(item: pytest.Item) -> str | None:
-    marked = item.get_closest_marker("xdist_group")
-    if marked is not None:
-        return marked.args[0] if marked.args else marked.kwargs["name"]
-    return None
+    return any(
+        definition.scope in ("module", "session") and Path(definition.func.__code__.co_filename).parent == tests_dir
+        for name in info.names_closure
+        for definition in info.name2fixturedefs.get(name, ())
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        shared = shared_fixtures(item)
-        if group_name(item) is None:
-            # A session fixture's group wins: its tests may sit in several files.
-            groups = [n for n, scope in shared.items() if scope == "session" and n not in CROSS_WORKER]
-            groups += [item.path.name for n, scope in shared.items() if scope == "module"]
-            if groups:
-                item.add_marker(pytest.mark.xdist_group(groups[0]))
         if (
-            shared
-            or group_name(item) is not None
+            uses_shared_fixture(item)
             or item.get_closest_marker("dvc") is not None
             or SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
             or item.path.name in SLOW_FILES
         ):
             item.add_marker(pytest.mark.slow)
-    rank = {name: i for i, name in enumerate(GROUP_ORDER)}
-
-    def order(item: pytest.Item) -> int:
-        group = group_name(item)
-        if group is None:
-            return len(rank) + 1  # single tests last: they fill the gaps
-        return rank.get(group, len(rank))
-
-    items.sort(key=order)  # stable: each group keeps the file's order
+    rank = {name: i for i, name in enumerate(FILE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
