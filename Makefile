@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test lint format bench cross-cpu emulator real clean-outputs
+.PHONY: setup repro test test-fast lint format bench cross-cpu emulator real clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -22,10 +22,18 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 repro: setup
 	dvc repro
 
-# Lint and types first (seconds), then the suite. The emulator (for tests/test_cross_cpu.py) is
-# installed where it can be; elsewhere that test is skipped and says why.
+# Lint and types first (seconds), then the suite on TEST_WORKERS pytest-xdist workers, a test file on
+# one worker (its module fixtures built once; the pipeline run once for all: tests/conftest.py). The emulator (for
+# tests/test_cross_cpu.py) is installed where it can be; elsewhere that test is skipped and says why.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: lint emulator
-	pytest
+	pytest $(PYTEST_PARALLEL)
+
+# The inner loop (under 3 minutes on 2 cores): the tests not marked slow, so no DVC pipeline, no
+# shared trained model, no training beyond a few steps; no lint (`make lint`).
+test-fast: setup
+	pytest $(PYTEST_PARALLEL) -m "not slow"
 
 # ruff (lint, import order, formatting) and mypy, as configured in pyproject.toml.
 lint: setup
@@ -39,13 +47,13 @@ format: setup
 
 # Speed benchmarks (minutes; results in bench/results/*.json, figures in the README).
 bench: setup
-	python bench/bench_tfrecords_imdb.py
-	python bench/bench_tfrecords_fer2013.py
-	python bench/bench_input_pipelines.py
-	python bench/bench_train_emotion_cnn.py
-	python bench/bench_fer2013_epoch.py
-	python bench/bench_sentiment_rnn.py
-	python bench/bench_numerics.py
+	python -m bench.bench_tfrecords_imdb
+	python -m bench.bench_tfrecords_fer2013
+	python -m bench.bench_input_pipelines
+	python -m bench.bench_train_emotion_cnn
+	python -m bench.bench_fer2013_epoch
+	python -m bench.bench_sentiment_rnn
+	python -m bench.bench_numerics
 
 # qemu-user runs x86-64 programs on emulated CPUs (other vendors, caches, instruction sets): the
 # cross-CPU check needs it. Installed with apt-get where this runs as root on Debian/Ubuntu;
@@ -63,7 +71,7 @@ emulator:
 # Every model's training slice natively and on six emulated CPUs (about 15 min on 2 cores):
 # bench/results/cross_cpu.json, the README's cross-CPU table.
 cross-cpu: setup emulator
-	python bench/cross_cpu.py
+	python -m bench.cross_cpu
 
 # The pipeline on the three real datasets as a DVC experiment (recipes/real-data.yaml; hours on
 # 2 cores). FER2013=, IMDB=, SERIES= give local copies: make real FER2013=~/fer2013.csv

@@ -27,7 +27,7 @@ copy (not timed); ``--data DIR`` times existing TFRecords (e.g. the real faces).
 Runs in the process's numerics: reproducible by default, ``EAGER_PIPELINE_NUMERICS=fast``
 for the other mode. Writes ``bench/results/fer2013_epoch.json``.
 
-    .venv/bin/python bench/bench_fer2013_epoch.py [--data data/tfrecords/fer2013 --data-name "real faces"] [--steps 30]
+    .venv/bin/python -m bench.bench_fer2013_epoch [--data data/tfrecords/fer2013 --data-name "real faces"] [--steps 30]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,10 +43,10 @@ from typing import Any
 
 import yaml
 
+from bench import bench_tfrecords_fer2013 as fer2013_bench
+from bench.common import load_average, stage, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
-from common import load_average, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/fer2013_epoch.json"
 SEED = 42
@@ -236,7 +235,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="batches run first, not timed")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(ROOT))
     from stages.common.numerics import mode
 
     with tempfile.TemporaryDirectory(prefix="bench_fer2013_epoch_") as tmp:

@@ -16,27 +16,24 @@ Examples/s include building each epoch's dataset. Target: the pipeline at
 least half the in-memory throughput. Prints a table and writes
 ``bench/results/input_pipelines.json``; the machine may be shared (load averages recorded).
 
-    .venv/bin/python bench/bench_input_pipelines.py
+    .venv/bin/python -m bench.bench_input_pipelines
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.bench_tfrecords_fer2013 import make_project
+from bench.common import load_average, stage, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from common import load_average, stage, write_result  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from bench_tfrecords_fer2013 import make_project  # noqa: E402
 
 RESULTS = ROOT / "bench/results/input_pipelines.json"
 BATCH = 64

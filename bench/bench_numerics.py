@@ -20,8 +20,8 @@ Training passes only (no validation pass), scaled to a real epoch: 28,709
 FER2013 faces, 22,500 aclImdb training reviews. The CPU model, its instruction
 sets and the load average go into ``bench/results/numerics.json``.
 
-    .venv/bin/python bench/bench_numerics.py
-    .venv/bin/python bench/bench_numerics.py --workloads cnn cnn_augmented --configs fast fast_avx2 reproducible
+    .venv/bin/python -m bench.bench_numerics
+    .venv/bin/python -m bench.bench_numerics --workloads cnn cnn_augmented --configs fast fast_avx2 reproducible
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import common
+from bench.common import load_average, machine_info, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import common  # noqa: E402
-from common import load_average, machine_info, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/numerics.json"
 REAL_FACES, REAL_REVIEWS = 28_709, 22_500
@@ -62,8 +62,8 @@ def make_project(dest: Path) -> Path:
 
 
 def worker(workload: str, deterministic: bool) -> dict:
-    """Runs in the project copy, in a process of its own: seconds per epoch of ``workload``."""
-    sys.path.insert(0, os.getcwd())
+    """Runs in the project copy (its working folder, first on sys.path under ``python -m``), in a process of
+    its own: seconds per epoch of ``workload``."""
     import stages  # noqa: F401  (pins the numerics, or not, before TF loads)
 
     # isort: split
@@ -130,7 +130,7 @@ def worker(workload: str, deterministic: bool) -> dict:
 
 def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> dict:
     load = load_average()
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", workload]
+    command = [sys.executable, "-m", "bench.bench_numerics", "--worker", workload]
     if not deterministic:
         command.append("--nondeterministic")
     from stages.common.numerics import PINNED
@@ -142,7 +142,8 @@ def run_worker(project: Path, workload: str, env: dict, deterministic: bool) -> 
         cwd=project,
         capture_output=True,
         text=True,
-        env={**environment, **env, "PYTHONPATH": str(project), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        # The copy's stages (the working folder comes first under -m), this checkout's bench.
+        env={**environment, **env, "PYTHONPATH": f"{project}{os.pathsep}{ROOT}", "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     if out.returncode != 0:
         raise SystemExit(f"{workload} worker failed:\n{out.stderr[-3000:]}")

@@ -13,7 +13,7 @@ the raw data (``download_fer2013``, ``download_imdb``; not timed), then times:
 A cost that grows linearly doubles from 1x to 2x to 4x; the README's "Scaling"
 section reads this file. Prints a table and writes ``bench/results/scaling.json``.
 
-    .venv/bin/python bench/bench_scaling.py [--factors 1 2 4]
+    .venv/bin/python -m bench.bench_scaling [--factors 1 2 4]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,9 @@ from typing import Any
 
 import yaml
 
+from bench.common import load_average, make_project, stage, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from common import load_average, make_project, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/scaling.json"
 EPOCHS = 2  # the second is the steady state
@@ -95,7 +94,6 @@ def main() -> None:
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(ROOT))
     timed = [f"{name}_seconds" for name in ("tfrecords_fer2013", "tfrecords_imdb")]
     timed += [f"{name}_epoch_seconds" for name in ("emotion_cnn", "sentiment_rnn")]
     runs = []

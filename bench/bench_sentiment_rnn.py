@@ -19,7 +19,7 @@ first ``--eager-batches`` batches of an epoch, and the compiled step on the very
 same batches for the ratio. Targets: ``tf_function`` at least 3x ``eager`` and
 within 10 % of ``keras_fit``. Writes ``bench/results/sentiment_rnn.json``.
 
-    .venv/bin/python bench/bench_sentiment_rnn.py [--repeats 3] [--eager-batches 6]
+    .venv/bin/python -m bench.bench_sentiment_rnn [--repeats 3] [--eager-batches 6]
 """
 
 from __future__ import annotations
@@ -27,19 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import common  # noqa: E402
-from common import load_average, write_result  # noqa: E402
+from bench import common
+from bench.common import load_average, write_result
 
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

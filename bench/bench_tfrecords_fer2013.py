@@ -9,24 +9,23 @@ wrote the same bytes. Target: under 20 s on 2 cores. Prints a table and writes
 ``bench/results/tfrecords_fer2013.json``; the machine may be shared, so the
 load average before each run is recorded.
 
-    .venv/bin/python bench/bench_tfrecords_fer2013.py
+    .venv/bin/python -m bench.bench_tfrecords_fer2013
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench import common
+from bench.common import load_average, stage, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import common  # noqa: E402
-from common import load_average, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/tfrecords_fer2013.json"
 TARGET_SECONDS = 20.0

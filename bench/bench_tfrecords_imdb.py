@@ -18,7 +18,7 @@ Both produce the same records (checked after timing). Prints a table and writes
 ``bench/results/tfrecords_imdb.json``. Target: the stage at least 3x faster on 2 cores.
 The machine may be shared: the load average before each run is recorded with it.
 
-    .venv/bin/python bench/bench_tfrecords_imdb.py [--per-class N | --raw DIR] [--workers W]
+    .venv/bin/python -m bench.bench_tfrecords_imdb [--per-class N | --raw DIR] [--workers W]
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from common import load_average, write_result  # noqa: E402
+from bench.common import load_average, write_result
 
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = ROOT / "bench/results/tfrecords_imdb.json"

@@ -10,24 +10,23 @@ cache and traces the steps; the second is the steady state. What a real
 FER2013 run costs per epoch on this machine, for the README's recipe.
 Prints a table and writes ``bench/results/train_emotion_cnn.json``.
 
-    .venv/bin/python bench/bench_train_emotion_cnn.py
+    .venv/bin/python -m bench.bench_train_emotion_cnn
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from bench import bench_tfrecords_fer2013 as fer2013_bench
+from bench.common import load_average, stage, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import bench_tfrecords_fer2013 as fer2013_bench  # noqa: E402
-from common import load_average, stage, write_result  # noqa: E402
 
 RESULTS = ROOT / "bench/results/train_emotion_cnn.json"
 EPOCHS = 2
@@ -50,7 +49,6 @@ def epoch_seconds(p, seed: int, data: Path) -> list[float]:
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, str(ROOT))
     from stages.train_emotion_cnn import TrainEmotionCnnParams
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

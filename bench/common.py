@@ -15,8 +15,6 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(1, str(ROOT))
 
 __all__ = ["ROOT", "load_average", "machine_info", "make_project", "stage", "write_result"]
 

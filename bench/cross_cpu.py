@@ -11,9 +11,9 @@ inference-mode forward pass; a CPU agrees when every digest equals the reference
 (the first emulated CPU: emulated-versus-emulated is the clean comparison, the
 emulator computes each instruction the same way whatever CPUID it reports).
 
-    .venv/bin/python bench/cross_cpu.py            # native + the whole panel (`make cross-cpu`)
-    .venv/bin/python bench/cross_cpu.py --cpus Haswell EPYC-Rome --no-native
-    .venv/bin/python bench/cross_cpu.py --worker   # the slices in this process, JSON on stdout
+    .venv/bin/python -m bench.cross_cpu            # native + the whole panel (`make cross-cpu`)
+    .venv/bin/python -m bench.cross_cpu --cpus Haswell EPYC-Rome --no-native
+    .venv/bin/python -m bench.cross_cpu --worker   # the slices in this process, JSON on stdout
 
 Writes ``bench/results/cross_cpu.json`` (model x CPU: digest, equal to the
 reference or not; what each CPU's CPUID said) and prints the README's table.
@@ -274,7 +274,6 @@ SLICES = {
 
 def worker(names: list[str]) -> dict[str, Any]:
     """Every slice in ``names`` in this process (the numerics are pinned by importing ``stages``)."""
-    sys.path.insert(0, str(ROOT))
     import stages  # pins the numerics before TensorFlow loads
 
     out: dict[str, Any] = {"numerics": stages.NUMERICS, "cpu": cpu_identity()}
@@ -290,7 +289,7 @@ def worker(names: list[str]) -> dict[str, Any]:
 
 def run_on(cpu: str | None, names: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> dict:
     """The slices in a fresh process: natively (``cpu`` None) or under the emulator as ``cpu``."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", *names]
+    command = [sys.executable, "-m", "bench.cross_cpu", "--worker", *names]
     if cpu is not None:
         command = [QEMU, "-cpu", cpu, *command]
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
@@ -312,10 +311,10 @@ def _last_line(error: str) -> str:
 
 def identify(cpu: str | None) -> dict[str, Any]:
     """What CPUID says natively (``cpu`` None) or under the emulator as ``cpu`` (no TensorFlow: seconds)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--identify"]
+    command = [sys.executable, "-m", "bench.cross_cpu", "--identify"]
     if cpu is not None:
         command = [QEMU, "-cpu", cpu, *command]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -364,8 +363,7 @@ def main() -> None:
     if reason:
         raise SystemExit(f"error: {reason}")
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from common import machine_info, write_result
+        from bench.common import machine_info, write_result
 
     runs: dict[str, dict] = {}
     started = time.perf_counter()

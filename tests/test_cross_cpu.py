@@ -1,6 +1,6 @@
 """Same numbers on other x86-64 CPUs: every model's training slice on emulated Intel and AMD CPUs.
 
-``bench/cross_cpu.py`` trains a short, seeded slice of each model family with the
+``bench/cross_cpu.py`` (``python -m bench.cross_cpu``) trains a short, seeded slice of each model family with the
 stages' own code in the reproducible numerics. Here it runs natively and under
 ``qemu-x86_64`` as an Intel Haswell (L1d 32 KiB, L2 4 MiB) and an AMD EPYC-Rome with
 the emulator's legacy cache table (L1d 64 KiB, L2 512 KiB): other vendor, other
@@ -14,14 +14,10 @@ Keras' QR-based orthogonal initializer, the two sentiment RNN slices differed on
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "bench"))
-from cross_cpu import SLICES, missing_emulator, run_on
+from bench.cross_cpu import SLICES, missing_emulator, run_on
 
 CPUS = ("Haswell", "EPYC-Rome,legacy-cache=on")
 

@@ -293,6 +293,7 @@ def test_sample_is_byte_deterministic_and_valid() -> None:
     assert pixels.std(axis=1).min() > 5  # a picture, not a flat square
 
 
+@pytest.mark.slow
 def test_sample_expressions_are_learnable_but_not_trivial() -> None:
     labels = np.resize(np.arange(7), 700).astype(np.uint8)
     faces = draw_faces(labels, np.random.default_rng(1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 import re
 import tarfile
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import run
+from helpers import read_report, snapshot
 from http_server import FileServer
 from stages.common.archives import extract_archive
 from stages.common.cli import StageError
@@ -98,17 +98,7 @@ def failed(result, *fragments: str) -> str:
 
 
 def report(workdir: Path) -> dict:
-    return json.loads((workdir / REPORT).read_text())
-
-
-def snapshot(workdir: Path) -> dict[str, bytes]:
-    """Every file under data/ and metrics/, by relative path."""
-    return {
-        p.relative_to(workdir).as_posix(): p.read_bytes()
-        for top in ("data", "metrics")
-        for p in sorted((workdir / top).rglob("*"))
-        if p.is_file()
-    }
+    return read_report(workdir, REPORT)
 
 
 def assert_nothing_written(workdir: Path) -> None:

@@ -111,6 +111,7 @@ def test_warm_up_rises_linearly_then_the_cosine_decays_to_zero() -> None:
     assert sgd.__class__.__name__ == "SGD" and sgd.nesterov and sgd.momentum == 0.9 and sgd.weight_decay == 5e-3
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_of_a_few_recipe_steps_are_identical() -> None:
     import tensorflow as tf
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 import tarfile
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run
+from helpers import read_report, snapshot
 from stages.datasets import fer2013_images
 from stages.datasets.fer2013_csv import EMOTIONS, HEADER, USAGES, read_rows
 from test_download_fer2013 import MODULE, OUT_CSV, REPORT, set_params, stage_fails
@@ -119,16 +119,7 @@ def tar_folder(folder: Path, dest: Path, top: str = "") -> Path:
 
 
 def report(workdir: Path) -> dict:
-    return json.loads((workdir / REPORT).read_text())
-
-
-def snapshot(workdir: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(workdir).as_posix(): p.read_bytes()
-        for top in ("data", "metrics")
-        for p in sorted((workdir / top).rglob("*"))
-        if p.is_file()
-    }
+    return read_report(workdir, REPORT)
 
 
 def leftovers(workdir: Path) -> list[str]:

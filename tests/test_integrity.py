@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from conftest import run, stage_env
+from helpers import snapshot as snapshot_of
 from stages.common.cli import StageError
 from stages.common.params import load_params
 from stages.common.tfrecords import read_records, shard_paths
@@ -37,6 +38,7 @@ from stages.toy_data import ToyDataParams
 from test_download_fer2013 import fer_csv, make_rows, tar_gz, zip_file
 from test_download_imdb import make_tarball, review_files
 
+OUTPUT_TOPS = ("data", "metrics", "models", "plots")
 SHORT_SERIES = {"source": "synthetic", "synthetic": {"start": "2015-01-01", "end": "2015-06-30"}}
 TEMPORARY = re.compile(r"\.(tmp|old)$|\.tmp\.|^\.(imdb-input|fer2013-input)\.")
 
@@ -93,13 +95,8 @@ def failed(result: subprocess.CompletedProcess, *fragments: str) -> str:
     return errors[0]
 
 
-def snapshot(root: Path, tops: tuple[str, ...] = ("data", "metrics", "models", "plots")) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for top in tops
-        for p in sorted((root / top).rglob("*"))
-        if p.is_file()
-    }
+def snapshot(root: Path) -> dict[str, bytes]:
+    return snapshot_of(root, OUTPUT_TOPS)
 
 
 def leftovers(root: Path) -> list[str]:

@@ -1,8 +1,9 @@
 """The real `dvc` CLI on a copy of the project in a temporary git repository.
 
-One full pipeline run at the default params is shared by the tests in this
-module (about 3 minutes on 2 cores); tests that change a file put it back
-before they end. That first run is what a user's fresh clone does: it must
+One full pipeline run at the default params (about 3 minutes on 2 cores; the
+session fixture ``pipeline_run`` in tests/conftest.py, whose outputs the model
+tests use too) is copied once for the tests in this module; tests that change a
+file put it back before they end. That first run is what a user's fresh clone does: it must
 reproduce the committed metrics, plots and dvc.lock byte for byte.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, run
+from conftest import ROOT, clone_pipeline_run, run
 from stage_imports import stage_code_files
 from stages.common.cli import STARTUP_NOISE
 
@@ -55,17 +56,10 @@ def stage_commands(repo: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh clone of the project after its first `dvc repro` (logs and `git status` beside it)."""
-    path = copy_project(tmp_path_factory.mktemp("pipeline") / "repo")
-    result = run(["dvc", "repro"], path)
-    path.with_name("first_run.log").write_text(result.stdout)
-    path.with_name("first_run.err").write_text(result.stderr)
-    changed = subprocess.run(["git", "status", "--porcelain"], cwd=path, check=True, capture_output=True, text=True)
-    path.with_name("first_run.status").write_text(changed.stdout)
-    subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-qm", "first repro", "--allow-empty"], cwd=path, check=True)
-    return path
+def repo(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A fresh clone of the project after its first `dvc repro` (logs and `git status` beside it): a copy
+    of the session's pipeline run (tests/conftest.py), which the tests here may change."""
+    return clone_pipeline_run(pipeline_run, tmp_path_factory.mktemp("pipeline") / "run")
 
 
 def stages_with_cached_outs(repo: Path) -> set[str]:

@@ -29,11 +29,12 @@ import pytest
 import yaml
 
 from conftest import ROOT, run, stage_env
+from helpers import snapshot
 from stages.apps.launch_workers import free_ports, tf_configs
 from stages.samples.series import entsoe_csv
 from test_download_imdb import make_tarball, review_files
 from test_gate import GOOD, write_metrics
-from test_integrity import as_user, failed, leftovers, ok, set_params, snapshot, stage
+from test_integrity import as_user, failed, leftovers, ok, set_params, stage
 
 TOPS = ("data", "metrics", "models", "plots", "reports")
 IMAGES = (  # the images the stages draw, each linked from reports/summary.md

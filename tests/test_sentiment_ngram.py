@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run, stage_env, stage_params
+from conftest import project_from_pipeline_run, run, stage_env, stage_params
+from helpers import interrupted_and_resumed
 from stages.common.cli import StageError
 from stages.common.params import validate
 from stages.models.sentiment_ngram import nb_ratios, ngram_features, set_nb_ratios
@@ -129,13 +130,14 @@ def test_bad_params_are_named() -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with the default IMDB sample, its TFRecords, and the stage run once at default params."""
-    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
-    root = copy_project(tmp_path_factory.mktemp("sentiment_ngram") / "project", files)
-    for stage in ("download_imdb", "tfrecords_imdb", "train_sentiment_ngram"):
-        run(["python", "-m", f"stages.{stage}"], root)
-    return root
+def project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A project copy with the default IMDB sample, its TFRecords, and the stage run once at default params
+    (what the session's pipeline run wrote: tests/conftest.py)."""
+    return project_from_pipeline_run(
+        pipeline_run,
+        tmp_path_factory.mktemp("sentiment_ngram") / "project",
+        ("download_imdb", "tfrecords_imdb", "train_sentiment_ngram"),
+    )
 
 
 def test_stage_beats_chance_by_a_clear_margin(project: Path) -> None:
@@ -192,16 +194,8 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
         patience=10,
         checkpoint_every_s=0.0,
     )
-    reference, reference_history = train_model(p, 7, data, None)
-
-    def interrupt(epoch: int, logs: dict) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(p, 7, data, tmp_path / "ckpt", on_epoch_end=interrupt)
-    seen: list[int] = []
-    resumed, history = train_model(p, 7, data, tmp_path / "ckpt", on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    checkpoints = tmp_path / "ckpt"
+    reference, reference_history, resumed, history, seen = interrupted_and_resumed(train_model, p, data, checkpoints)
     assert seen == [2] and len(history) == 3  # only the missing epoch ran
     for a, b in zip(history, reference_history, strict=True):
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)

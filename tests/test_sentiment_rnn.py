@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run, stage_params
+from conftest import copy_project, project_files, project_from_pipeline_run, run, stage_params
+from helpers import interrupted_and_resumed
 from stages.common.cli import StageError
 from stages.common.params import validate
 from stages.models.sentiment_rnn import recurrent_states
@@ -34,6 +35,7 @@ def padded(ids: list[list[int]], length: int) -> np.ndarray:
 # --- the model ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> None:
     check_padding_invariance(
@@ -57,6 +59,7 @@ def test_padding_does_not_change_the_logits(cell: Literal["lstm", "gru"]) -> Non
     assert np.abs(seq[0, -1] - seq[0, len(review) - 1]).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [{"bidirectional": True}, {"readout": "max"}, {"readout": "mean_max", "bidirectional": True, "cell": "gru"}],
@@ -129,13 +132,14 @@ def test_bucket_boundaries_must_increase(value: list[int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with the default IMDB sample, its TFRecords, and the stage run once at default params."""
-    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
-    root = copy_project(tmp_path_factory.mktemp("sentiment_rnn") / "project", files)
-    for stage in ("download_imdb", "tfrecords_imdb", "train_sentiment_rnn"):
-        run(["python", "-m", f"stages.{stage}"], root)
-    return root
+def project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A project copy with the default IMDB sample, its TFRecords, and the stage run once at default params
+    (what the session's pipeline run wrote: tests/conftest.py)."""
+    return project_from_pipeline_run(
+        pipeline_run,
+        tmp_path_factory.mktemp("sentiment_rnn") / "project",
+        ("download_imdb", "tfrecords_imdb", "train_sentiment_rnn"),
+    )
 
 
 def test_stage_reaches_the_quality_floor(project: Path) -> None:
@@ -218,16 +222,8 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
         batch_size=64,
         bucket_boundaries=[150, 300],
     )
-    reference, reference_history = train_model(p, 7, data, None)
-
-    def interrupt(epoch: int, logs: dict) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(p, 7, data, tmp_path / "ckpt", on_epoch_end=interrupt)
-    seen: list[int] = []
-    resumed, history = train_model(p, 7, data, tmp_path / "ckpt", on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    checkpoints = tmp_path / "ckpt"
+    reference, reference_history, resumed, history, seen = interrupted_and_resumed(train_model, p, data, checkpoints)
     assert seen == [2]  # only the missing epoch ran
     assert len(history) == 3
     for a, b in zip(history, reference_history, strict=True):

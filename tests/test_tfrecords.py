@@ -116,6 +116,7 @@ def test_protos_are_byte_identical_to_tensorflow_deterministic_serialization() -
     assert T.int64_feature_list(tokens) == T.feature_list(T.int64_feature(int(t)) for t in tokens)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_write_split_shards_read_back_by_tensorflow_and_the_independent_reader(
     tmp_path: Path, compression: Literal["none", "gzip"]
@@ -143,6 +144,7 @@ def test_write_split_shards_read_back_by_tensorflow_and_the_independent_reader(
     assert first == {"name": ["n366"], "number": [366], "square": [183.0, -366.0]}
 
 
+@pytest.mark.slow
 def test_output_is_byte_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:
     items = list(range(1500))  # three pool tasks of 512 items
     one = T.write_split(tmp_path / "one", "train", items, encode_number, num_shards=2, workers=1)

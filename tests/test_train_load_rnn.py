@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_project, project_files, run, stage_params
+from conftest import project_from_pipeline_run, run, stage_params
+from helpers import interrupted_and_resumed
 from stages.common.cli import StageError
 from stages.models.load_rnn import build_load_rnn
 from stages.train_load_rnn import (
@@ -171,17 +172,14 @@ def test_ensemble_seeds_checkpoints_and_schedule_params() -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with the default synthetic series, its TFRecords, and the stage run once."""
-    files = [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")]
-    root = copy_project(tmp_path_factory.mktemp("load_rnn") / "project", files)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    if "train_load_rnn" not in params:
-        params["train_load_rnn"] = stage_params("train_load_rnn", TrainLoadRnnParams).model_dump()
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("make_series", "tfrecords_series", "train_load_rnn"):
-        run(["python", "-m", f"stages.{stage}"], root)
-    return root
+def project(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A project copy with the default synthetic series, its TFRecords, and the stage run once at default
+    params (what the session's pipeline run wrote: tests/conftest.py)."""
+    return project_from_pipeline_run(
+        pipeline_run,
+        tmp_path_factory.mktemp("load_rnn") / "project",
+        ("make_series", "tfrecords_series", "train_load_rnn"),
+    )
 
 
 def test_stage_beats_the_seasonal_naive_baselines(project: Path) -> None:
@@ -216,16 +214,7 @@ def test_interrupted_training_resumes_to_the_same_weights(project: Path, tmp_pat
 
     data = project / "data/tfrecords/series"
     p = stage_params("train_load_rnn", TrainLoadRnnParams, max_epochs=3, patience=10, checkpoint_every_s=0.0)
-    reference, reference_history = train_model(p, 7, data, None)
-
-    def interrupt(epoch: int, logs: dict) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_model(p, 7, data, tmp_path, on_epoch_end=interrupt)
-    seen: list[int] = []
-    resumed, history = train_model(p, 7, data, tmp_path, on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    reference, reference_history, resumed, history, seen = interrupted_and_resumed(train_model, p, data, tmp_path)
     assert seen == [2]  # only the missing epoch ran
     for a, b in zip(history, reference_history, strict=True):
         # The resumed epochs' logs come from the checkpoint's history.json, rounded to 6 decimals.

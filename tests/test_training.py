@@ -39,6 +39,7 @@ def weights(trainer: Trainer) -> list[np.ndarray]:
     return [np.array(w) for w in trainer.model.weights]
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_accuracy_rises() -> None:
     x, y = moons()
     history = new_trainer().fit(array_batches(x, y, 16, seed=1), epochs=60)
@@ -48,6 +49,7 @@ def test_loss_decreases_and_accuracy_rises() -> None:
     assert history[-1]["accuracy"] > 0.85
 
 
+@pytest.mark.slow
 def test_eager_and_compiled_steps_agree() -> None:
     x, y = moons()
     compiled = new_trainer(run_eagerly=False)
@@ -72,6 +74,7 @@ def test_predict_labelled_pairs_every_target_with_its_output_in_order() -> None:
     np.testing.assert_allclose(outputs, trainer.predict([x[order]]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stopping_restores_the_best_weights() -> None:
     x, y = moons()
     # A learning rate this large makes the loss bounce: the best epoch is not the last.
@@ -94,6 +97,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert trainer.evaluate([(x, y)])["val_loss"] == pytest.approx(losses[best], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_without_a_strategy_a_function_of_the_input_context_gets_none_and_trains_as_its_batches() -> None:
     # The stages hand distribute_input one kind of input, with a strategy or without (train_emotion_cnn).
     x, y = moons()
@@ -119,6 +123,7 @@ def test_without_a_strategy_a_function_of_the_input_context_gets_none_and_trains
     assert functions.evaluate(distribute_input(None, lambda context: [(x, y)])) == plain.evaluate([(x, y)])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path: Path) -> None:
     x, y = moons()
     batches = array_batches(x, y, 16, seed=3)
@@ -167,6 +172,7 @@ def test_finished_run_is_not_trained_again(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_checkpoint_dir_is_keyed_to_params_and_cleans_stale_runs(tmp_path: Path) -> None:
     first = checkpoint_dir(tmp_path, "stage", {"epochs": 5}, seed=1)
     assert not first.exists()  # created by the first save: a run failing before it leaves nothing
