@@ -46,9 +46,18 @@ TEMPORARY = re.compile(r"\.(tmp|old)$|\.tmp\.|^\.(imdb-input|fer2013-input)\.")
 # --- helpers --------------------------------------------------------------------------------------
 
 
+def merged(base: object, values: dict) -> dict:
+    """``base`` with ``values`` set, nested sections key by key: params.yaml keeps every other value
+    (it is the one source of them; a key left out is an error)."""
+    out = dict(base) if isinstance(base, dict) else {}
+    for key, value in values.items():
+        out[key] = merged(out.get(key), value) if isinstance(value, dict) else value
+    return out
+
+
 def set_params(root: Path, section: str, values: dict) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params[section] = {**params[section], **values} if isinstance(params.get(section), dict) else values
+    params[section] = merged(params.get(section), values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

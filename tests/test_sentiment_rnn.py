@@ -14,7 +14,6 @@ import yaml
 from conftest import copy_project, project_files, project_from_pipeline_run, run, stage_params
 from helpers import interrupted_and_resumed
 from stages.common.cli import StageError
-from stages.common.params import validate
 from stages.models.sentiment_rnn import recurrent_states
 from stages.train_sentiment_rnn import TrainSentimentRnnParams, network
 
@@ -124,8 +123,10 @@ def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"]
 @pytest.mark.parametrize("value", [[], [200, 100], [100, 100], [0, 10]])
 def test_bucket_boundaries_must_increase(value: list[int]) -> None:
     with pytest.raises(StageError, match="train_sentiment_rnn.bucket_boundaries: must be null or"):
-        validate(TrainSentimentRnnParams, {"bucket_boundaries": value}, "train_sentiment_rnn")
-    assert validate(TrainSentimentRnnParams, {"bucket_boundaries": None}, "x").bucket_boundaries is None
+        stage_params("train_sentiment_rnn", TrainSentimentRnnParams, bucket_boundaries=value)
+    assert (
+        stage_params("train_sentiment_rnn", TrainSentimentRnnParams, bucket_boundaries=None).bucket_boundaries is None
+    )
 
 
 # --- the stage on the default sample -----------------------------------------------------------------
