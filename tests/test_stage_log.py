@@ -80,6 +80,29 @@ def test_tensorflow_lines_about_a_dead_worker_are_dropped_whole() -> None:
     )
 
 
+def test_the_error_line_survives_a_dead_worker_message_without_its_end() -> None:
+    """A StartAbort message whose status payload never comes (seen under load: the chief's log held no
+    `error:` line) must not take the stage's own line with it while the filter waits for that end."""
+    read_in, write_in = os.pipe()
+    read_out, write_out = os.pipe()
+    data = (
+        b"E0000 00:00:1796587076.289003   23111 base_collective_executor.cc:252] "
+        b"BaseCollectiveExecutor::StartAbort UNAVAILABLE: Error reported from /job:worker/task:1: "
+        b"The following tasks are unhealthy (stopped sending heartbeats):\n"
+        b"/job:worker/replica:0/task:1\n"
+        b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
+        b"The tasks have crashed. Check the task logs for an earlier error, or scheduler events.\n"
+    )
+    os.write(write_in, data)
+    os.close(write_in)
+    filter_stream(read_in, write_out)
+    os.close(write_out)
+    assert os.read(read_out, 65536) == (
+        b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
+        b"The tasks have crashed. Check the task logs for an earlier error, or scheduler events.\n"
+    )
+
+
 def test_tensorflow_start_up_lines_are_gone_and_a_real_tensorflow_error_still_shows(tmp_path: Path) -> None:
     body = """
     import tensorflow as tf

@@ -106,6 +106,9 @@ def filter_stream(fd_in: int, fd_out: int) -> None:
 
     def keep(line: bytes) -> bool:
         nonlocal aborting
+        if line.startswith(b"error: "):  # the stage's own one line: never lost in a message cut short
+            aborting = 0
+            return True
         if aborting:
             aborting = 0 if _ABORT_END.search(line) else aborting - 1
             return False
