@@ -31,9 +31,18 @@ def noise_in(text: str) -> list[str]:
     return [line for line in text.splitlines() if any(pattern in line for pattern in STARTUP_NOISE)]
 
 
-def test_filter_drops_only_the_listed_lines_and_keeps_bytes_and_partial_lines() -> None:
+def filtered(data: bytes) -> bytes:
+    """What filter_stream passes on of ``data`` written to it whole."""
     read_in, write_in = os.pipe()
     read_out, write_out = os.pipe()
+    os.write(write_in, data)
+    os.close(write_in)
+    filter_stream(read_in, write_out)
+    os.close(write_out)
+    return os.read(read_out, 65536)
+
+
+def test_filter_drops_only_the_listed_lines_and_keeps_bytes_and_partial_lines() -> None:
     data = (
         b"keep me\n"
         + b"I0000 port.cc:153] oneDNN custom operations are on. You may see\n"
@@ -42,20 +51,13 @@ def test_filter_drops_only_the_listed_lines_and_keeps_bytes_and_partial_lines() 
         + b"E0000 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n"
         + b"no newline at the end"
     )
-    os.write(write_in, data)
-    os.close(write_in)
-    filter_stream(read_in, write_out)
-    os.close(write_out)
-    out = os.read(read_out, 65536)
-    assert out == (
+    assert filtered(data) == (
         b"keep me\n" + b"\r 10%|#   | 1/10\r 20%|##  | 2/10" + b"\xff\xfe not utf-8\n" + b"no newline at the end"
     )
 
 
 def test_tensorflow_lines_about_a_dead_worker_are_dropped_whole() -> None:
     """Issue 23: a killed worker's `error:` line came after ~6 raw lines of TensorFlow's C++ log."""
-    read_in, write_in = os.pipe()
-    read_out, write_out = os.pipe()
     data = (
         b"simple_nn: epoch 3 loss 0.5\n"
         b"E0000 00:00:1796587076.289003   23111 base_collective_executor.cc:252] "
@@ -71,11 +73,7 @@ def test_tensorflow_lines_about_a_dead_worker_are_dropped_whole() -> None:
         b"The error could be from a previous operation. [type.googleapis.com/tensorflow.DerivedStatus='']\n"
         b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
     )
-    os.write(write_in, data)
-    os.close(write_in)
-    filter_stream(read_in, write_out)
-    os.close(write_out)
-    assert os.read(read_out, 65536) == (
+    assert filtered(data) == (
         b"simple_nn: epoch 3 loss 0.5\nerror: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
     )
 
@@ -83,8 +81,6 @@ def test_tensorflow_lines_about_a_dead_worker_are_dropped_whole() -> None:
 def test_the_error_line_survives_a_dead_worker_message_without_its_end() -> None:
     """A StartAbort message whose status payload never comes (seen under load: the chief's log held no
     `error:` line) must not take the stage's own line with it while the filter waits for that end."""
-    read_in, write_in = os.pipe()
-    read_out, write_out = os.pipe()
     data = (
         b"E0000 00:00:1796587076.289003   23111 base_collective_executor.cc:252] "
         b"BaseCollectiveExecutor::StartAbort UNAVAILABLE: Error reported from /job:worker/task:1: "
@@ -93,11 +89,7 @@ def test_the_error_line_survives_a_dead_worker_message_without_its_end() -> None
         b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
         b"The tasks have crashed. Check the task logs for an earlier error, or scheduler events.\n"
     )
-    os.write(write_in, data)
-    os.close(write_in)
-    filter_stream(read_in, write_out)
-    os.close(write_out)
-    assert os.read(read_out, 65536) == (
+    assert filtered(data) == (
         b"error: simple_nn: a worker of the cluster stopped or cannot be reached (...)\n"
         b"The tasks have crashed. Check the task logs for an earlier error, or scheduler events.\n"
     )
