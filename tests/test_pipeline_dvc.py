@@ -427,11 +427,15 @@ def test_real_data_command_runs_an_experiment_and_keeps_its_results(repo: Path, 
     assert yaml.safe_load((repo / "params.yaml").read_text())["simple_nn"]["epochs"] == 500
     assert status(repo) == set()
     assert '"tiny"' in run(["dvc", "exp", "show", "--json"], repo).stdout
-    # The same name again on a later commit (a second run the same day): this run's experiment is kept.
+    # The same name again on a later commit (a second run the same day): this run's experiment is kept,
+    # and so is the folder's README (a person's notes); the rest of the folder is replaced.
+    (kept / "README.md").write_text("# notes on the runs\n")
+    (kept / "stale.json").write_text("{}")
     run(["git", "commit", "-qm", "a later commit", "--allow-empty"], repo)
     run(command, repo)
     later = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert json.loads((kept / "run.json").read_text())["baseline_rev"] == later != head
+    assert (kept / "README.md").read_text() == "# notes on the runs\n" and not (kept / "stale.json").exists()
 
 
 def test_remote_push_then_pull_into_a_fresh_clone_runs_nothing(repo: Path, tmp_path: Path) -> None:

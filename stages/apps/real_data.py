@@ -110,7 +110,8 @@ def experiment_rev(name: str, baseline: str) -> str:
 
 def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: Path = RESULTS) -> list[str]:
     """Copy the experiment's metrics, plots, summary page, params and lock into ``dest``;
-    write run.json and recipe.yaml."""
+    write run.json and recipe.yaml. The folder is replaced whole, except its README.md (a
+    person's account of the runs), which is kept."""
     from stages.common.outputs import atomic_outputs, write_json
 
     listing = subprocess.run(
@@ -121,8 +122,12 @@ def keep_results(rev: str, info: dict[str, Any], values: dict[str, Any], dest: P
         for name in listing
         if name in KEPT_FILES or (name.startswith("metrics/") and name.endswith(".json")) or KEPT_PLOTS.fullmatch(name)
     ]
+    readme = dest / "README.md"
+    notes = readme.read_bytes() if readme.is_file() else None
     with atomic_outputs() as out:
         folder = out.directory(dest)
+        if notes is not None:
+            (folder / "README.md").write_bytes(notes)
         for name in wanted:
             data = subprocess.run(["git", "show", f"{rev}:{name}"], capture_output=True, check=True).stdout
             target = folder / name
