@@ -135,6 +135,13 @@ def clone_pipeline_run(pipeline_run: Path, dest: Path) -> Path:
     return dest / pipeline_run.name
 
 
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, pipeline_run: Path) -> Path:
+    """A fresh clone of the project after its first `dvc repro` (logs and `git status` beside it): a copy
+    of the session's pipeline run, one per test module, which that module's tests may change."""
+    return clone_pipeline_run(pipeline_run, tmp_path_factory.mktemp("pipeline") / "run")
+
+
 def stage_outputs(stages: tuple[str, ...]) -> list[str]:
     """The outs, metrics and plots dvc.yaml declares for ``stages``."""
     declared = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -214,6 +221,7 @@ FILE_ORDER = (
     "test_emotion_recipe.py",
     "test_training.py",
     # these use the pipeline run
+    "test_experiments_dvc.py",
     "test_emotion_cnn.py",
     "test_sentiment_rnn.py",
     "test_sentiment_ngram.py",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import run
 
 DATA_TOPS = ("data", "metrics")
 
@@ -46,3 +50,34 @@ def interrupted_and_resumed(
     seen: list[int] = []
     resumed, history = train_model(params, seed, data, checkpoints, on_epoch_end=lambda epoch, logs: seen.append(epoch))
     return reference, reference_history, resumed, history, seen
+
+
+# --- the real dvc CLI on a copy of the session's pipeline run (test_pipeline_dvc, test_experiments_dvc) ---
+
+OUTPUT_ROOTS = ("data", "models", "metrics", "plots", "reports")
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def output_hashes(repo: Path) -> dict[str, str]:
+    hashes = {}
+    for root in OUTPUT_ROOTS:
+        for file in sorted((repo / root).rglob("*")):
+            name = file.relative_to(repo).as_posix()
+            if file.is_file():
+                hashes[name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return hashes
+
+
+def dvc_status(repo: Path) -> set[str]:
+    """Names of the stages `dvc status` reports as changed."""
+    return set(json.loads(run(["dvc", "status", "--json"], repo).stdout or "{}"))
+
+
+def stage_commands(repo: Path) -> dict[str, str]:
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return {stage.name: stage.cmd for stage in dvc_repo.index.stages}
