@@ -77,12 +77,22 @@ def test_fresh_clone_runs_every_stage_and_second_repro_is_a_noop(repo: Path) -> 
     assert dvc_status(repo) == set()
 
 
+# The two longest stages (about 70 % of the pipeline's time) are left out of the forced rerun: the
+# fresh-clone test above already compares their bytes with another run's (the committed dvc.lock), and
+# test_numerics runs train_emotion_cnn twice and compares every output, SavedModel included.
+NOT_FORCED = {"train_emotion_cnn", "train_sentiment_rnn"}
+
+
 def test_repro_force_is_byte_identical(repo: Path) -> None:
+    """Every other stage run again in place (`dvc repro -f`, outputs and caches present): the same bytes."""
     first = output_hashes(repo)
-    run(["dvc", "repro", "-f"], repo)
+    order = ran_stages(run(["dvc", "repro", "-f", "--dry"], repo).stdout)  # --single-item keeps the targets' order
+    forced_stages = [name for name in order if name not in NOT_FORCED]
+    ran = ran_stages(run(["dvc", "repro", "-f", "--single-item", *forced_stages], repo).stdout)
+    assert ran == forced_stages and set(order) == set(stage_commands(repo)) >= NOT_FORCED
     forced = output_hashes(repo)
     assert any(name.startswith("data/toy/") for name in forced)
-    assert any(name.startswith("models/emotion_cnn/saved_model/") for name in forced)
+    assert any(name.startswith("models/sentiment_ngram/saved_model/") for name in forced)
     assert first == forced
 
 
