@@ -215,16 +215,6 @@ def learning_rate(p: TrainLoadRnnParams, spec: Mapping):
     return keras.optimizers.schedules.CosineDecay(p.learning_rate, decay_steps=p.max_epochs * steps_per_epoch)
 
 
-def member_seeds(seed: int, ensemble: int) -> list[int]:
-    """The seeds of the ensemble's networks: ``seed`` first, so ``ensemble: 1`` is the single network."""
-    return [seed + k for k in range(ensemble)]
-
-
-def member_checkpoints(ckpt: Path, k: int) -> Path:
-    """Member ``k``'s resumable checkpoints: the run's folder for the first, a subfolder for the others."""
-    return ckpt if k == 0 else ckpt / f"member-{k}"
-
-
 def n_calendar_features(spec: Mapping, p: TrainLoadRnnParams) -> int:
     """How many calendar flags per day the model takes: 0 without ``calendar_features``."""
     if not p.calendar_features:
@@ -350,7 +340,7 @@ def plot_forecast_days(days: Sequence[str], actual_mw: np.ndarray, predicted_mw:
 def main() -> None:
     seed, p = load_params(STAGE, TrainLoadRnnParams)
 
-    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints, member_checkpoints, member_seeds
     from stages.common.input_pipelines import read_spec, series_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json
 

@@ -164,7 +164,7 @@ def main() -> None:
         write_tsv(out.file(PLOTS / "roc.tsv"), ["fpr", "tpr", "threshold"], roc)
         model_dir = out.directory(MODEL_DIR)
         trainer.model.save_weights(model_dir / "model.weights.h5")
-        export_saved_model(trainer.model, vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL)
+        export_saved_model([trainer.model], vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL)
     clear_checkpoints(ckpt)
 
 

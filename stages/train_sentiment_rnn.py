@@ -10,7 +10,8 @@ reviews of similar length to pad less).
 Training: the shared eager loop (stages/common/training.py), Adam, early
 stopping on the **validation** accuracy with the best weights restored (the
 original stopped on the test set), resumable checkpoints. The test split is
-scored once, at the end.
+scored once, at the end. ``ensemble: N`` trains N networks (seeds ``seed``,
+``seed + 1``, ...) and scores, and exports, the mean of their probabilities.
 
 Defaults are sized for the embedded sample (2,250 training reviews): the
 tutorial's Adam 1e-4 with batch 512 made ~50 updates an epoch on 25,000
@@ -71,6 +72,7 @@ class TrainSentimentRnnParams(TrainingSection):
         description="last: the output at the last real token (the tutorial); max / mean_max: pooled over steps"
     )
     embedding_dropout: float = Field(ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
+    word_dropout: float = Field(ge=0.0, lt=1.0, description="share of words replaced by <unk> in training")
     weight_decay: float = Field(ge=0.0, description="decoupled weight decay (AdamW) when > 0")
     learning_rate: float = Field(gt=0.0, description="Adam")
     batch_size: int = Field(ge=1)
@@ -79,6 +81,9 @@ class TrainSentimentRnnParams(TrainingSection):
     )
     max_epochs: int = Field(ge=1)
     patience: int = Field(ge=1, description="epochs without a higher validation accuracy before stopping")
+    ensemble: int = Field(
+        ge=1, le=16, description="networks trained with seeds seed, seed + 1, ...; their probabilities averaged"
+    )
     heatmap_units: int = Field(ge=1, description="recurrent units shown in memory_cells.png")
     heatmap_min_tokens: int = Field(
         ge=1, description="the heatmap's review: the shortest rated 1 or 10 with this many tokens"
@@ -103,6 +108,7 @@ def network(vocab_size: int, p: TrainSentimentRnnParams):
         vocab_size,
         embedding_dim=p.embedding_dim,
         embedding_dropout=p.embedding_dropout,
+        word_dropout=p.word_dropout,
         cell=p.cell,
         units=p.units,
         bidirectional=p.bidirectional,
@@ -154,6 +160,21 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
     return trainer, history
 
 
+def ensemble_logits(trainers: list, batches) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, logits)`` of a split (``batches()`` gives its batches): one network's logits, or for an
+    ensemble the log of the networks' mean probabilities (so a softmax of them is that mean)."""
+    if len(trainers) == 1:
+        return trainers[0].predict_labelled(batches())
+    outputs = [trainer.predict_labelled(batches()) for trainer in trainers]
+    probabilities = [softmax(logits) for _, logits in outputs]
+    return outputs[0][0], np.log(np.mean(probabilities, axis=0))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 # --- tutorial 08's memory-cell heatmap ---------------------------------------------------------------
 
 
@@ -198,7 +219,7 @@ def heatmap_review(data_dir: Path, min_tokens: int) -> tuple[np.ndarray, int]:
 def main() -> None:
     seed, p = load_params(STAGE, TrainSentimentRnnParams)
 
-    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints
+    from stages.common.checkpoints import checkpoint_dir, clear_checkpoints, member_checkpoints, member_seeds
     from stages.common.input_pipelines import read_spec, text_batches
     from stages.common.outputs import atomic_outputs, write_history, write_json, write_tsv
     from stages.common.streaming_metrics import binary_metrics
@@ -215,9 +236,18 @@ def main() -> None:
         raise StageError(f"{vocab_file}: {len(vocab)} tokens, spec.json says {spec['vocab_size']}")
 
     ckpt = checkpoint_dir(CHECKPOINTS, STAGE, p, seed)
-    trainer, history = train_model(p, seed, DATA_DIR, ckpt)
-    valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
-    labels, logits = trainer.predict_labelled(text_batches(DATA_DIR, "test", p.batch_size))
+    members = [
+        train_model(p, member_seed, DATA_DIR, member_checkpoints(ckpt, k))
+        for k, member_seed in enumerate(member_seeds(seed, p.ensemble))
+    ]
+    trainers = [trainer for trainer, _ in members]
+    trainer, history = members[0]  # the first network's curve and heatmap stand for the run
+    if p.ensemble == 1:
+        valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
+    else:  # the mean probability's: no single network's accuracy describes it
+        valid_labels, valid_logits = ensemble_logits(trainers, lambda: text_batches(DATA_DIR, "valid", p.batch_size))
+        valid_accuracy = float(np.mean(np.argmax(valid_logits, axis=1) == valid_labels))
+    labels, logits = ensemble_logits(trainers, lambda: text_batches(DATA_DIR, "test", p.batch_size))
     test, roc = binary_metrics(labels, logits)
     metrics = {
         "valid_accuracy": valid_accuracy,
@@ -228,20 +258,34 @@ def main() -> None:
         "vocab_size": len(vocab),
         "test_reviews": len(labels),
     }
+    if p.ensemble > 1:  # what averaging bought: each network alone, on the same reviews
+        metrics |= {
+            "ensemble": p.ensemble,
+            "member_valid_accuracy": [
+                member.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"] for member in trainers
+            ],
+            "member_test_accuracy": [
+                binary_metrics(*member.predict_labelled(text_batches(DATA_DIR, "test", p.batch_size)))[0]["accuracy"]
+                for member in trainers
+            ],
+            "member_best_epoch": [member_history.best_epoch for _, member_history in members],
+        }
     log.info(
-        "test accuracy %.4f, AUC %.4f, F1 %.4f (valid accuracy %.4f; best epoch %d of %d)",
+        "test accuracy %.4f, AUC %.4f, F1 %.4f (valid accuracy %.4f; best epoch %d of %d%s)",
         metrics["test_accuracy"],
         metrics["test_auc"],
         metrics["test_f1"],
         valid_accuracy,
         history.best_epoch,
         len(history),
+        f"; mean of {p.ensemble} networks" if p.ensemble > 1 else "",
     )
 
     ids, rating = heatmap_review(DATA_DIR, p.heatmap_min_tokens)
     _, memory = recurrent_states(trainer.model, ids)
-    review_logits = trainer.predict([{"token_indexes": ids[None, :], "sequence_length": np.array([len(ids)])}])[0]
-    probability = float(np.exp(review_logits[POSITIVE]) / np.exp(review_logits).sum())
+    review = [{"token_indexes": ids[None, :], "sequence_length": np.array([len(ids)])}]
+    review_logits = [member.predict(review)[0] for member in trainers]
+    probability = float(np.mean([np.exp(x[POSITIVE]) / np.exp(x).sum() for x in review_logits]))
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
         write_history(out.file(PLOTS / "history.tsv"), history)
@@ -255,7 +299,11 @@ def main() -> None:
         )
         model_dir = out.directory(MODEL_DIR)
         trainer.model.save_weights(model_dir / "model.weights.h5")
-        export_saved_model(trainer.model, vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL)
+        for k, member in enumerate(trainers[1:], start=1):
+            member.model.save_weights(model_dir / f"member-{k}.weights.h5")
+        export_saved_model(
+            [member.model for member in trainers], vocab_file, int(spec["max_words"]), model_dir / SAVED_MODEL
+        )
     clear_checkpoints(ckpt)
 
 

@@ -69,6 +69,38 @@ def test_bidirectional_and_pooled_readouts_ignore_padding(options: dict) -> None
     )
 
 
+def test_word_dropout_replaces_words_by_unk_in_training_only() -> None:
+    """A share of about ``word_dropout`` of the words becomes <unk> in training, the same ones for the same
+    seed; padding and <eos> never change; at inference the layer passes the ids through."""
+    import keras
+
+    from stages.common.seeding import seed_everything
+    from stages.datasets.imdb_text import EOS_ID, PAD_ID, UNK_ID
+
+    p = stage_params(
+        "train_sentiment_rnn", TrainSentimentRnnParams, word_dropout=0.3, units=4, embedding_dim=4, dense_units=4
+    )
+    rng = np.random.default_rng(0)
+    reviews = [rng.integers(3, 50, size=n).tolist() + [EOS_ID] for n in (400, 250, 30)]
+    tokens = padded(reviews, 401)
+
+    def dropped_words(training: bool) -> np.ndarray:
+        seed_everything(5)
+        model = network(50, p)
+        return keras.Model(model.inputs, model.get_layer("word_dropout").output)(
+            {"token_indexes": tokens, "sequence_length": np.array([len(r) for r in reviews])}, training=training
+        ).numpy()
+
+    out = dropped_words(True)
+    changed = out != tokens
+    assert set(out[changed]) == {UNK_ID}
+    assert not changed[(tokens == PAD_ID) | (tokens == EOS_ID)].any()
+    assert 0.25 < changed.sum() / (tokens > EOS_ID).sum() < 0.35
+    np.testing.assert_array_equal(dropped_words(True), out)  # seeded: the same words again
+    np.testing.assert_array_equal(dropped_words(False), tokens)
+    check_padding_invariance(p)  # at inference the option changes nothing about padding
+
+
 def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
     from stages.common.seeding import seed_everything
 
@@ -245,6 +277,45 @@ def test_tiny_epoch_budget_runs(project: Path, tmp_path: Path) -> None:
     metrics = json.loads((work / "metrics/sentiment_rnn.json").read_text())
     assert metrics["epochs"] == metrics["best_epoch"] == 1 and metrics["cell"] == "gru"
     assert (work / "models/sentiment_rnn/saved_model/saved_model.pb").is_file()
+
+
+def test_an_ensemble_serves_and_scores_its_networks_mean_probability(project: Path, tmp_path: Path) -> None:
+    """``ensemble: 2``: two networks (seeds 42 and 43); the metrics, the SavedModel and the weights files
+    all describe the mean of their probabilities, and each network alone is reported beside it."""
+    import tensorflow as tf
+
+    from stages.common.input_pipelines import read_spec, text_batches
+
+    work = copy_project(tmp_path / "p", [f for f in project_files() if f == "params.yaml" or f.startswith("stages/")])
+    shutil.copytree(project / DATA, work / DATA)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["train_sentiment_rnn"] |= {"max_epochs": 1, "ensemble": 2, "word_dropout": 0.2, "units": 16}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["python", "-m", "stages.train_sentiment_rnn"], work)
+    metrics = json.loads((work / "metrics/sentiment_rnn.json").read_text())
+    assert metrics["ensemble"] == 2 and metrics["member_best_epoch"] == [1, 1]
+    assert len(metrics["member_valid_accuracy"]) == len(metrics["member_test_accuracy"]) == 2
+
+    p = TrainSentimentRnnParams(**params["train_sentiment_rnn"])
+    members = []
+    for weights in ("model.weights.h5", "member-1.weights.h5"):
+        model = network(read_spec(work / DATA)["vocab_size"], p)
+        model.load_weights(work / "models/sentiment_rnn" / weights)
+        members.append(model)
+    served = tf.saved_model.load(str(work / "models/sentiment_rnn/saved_model"))
+    right = total = 0
+    each_right = np.zeros(2)
+    for features, labels in text_batches(work / DATA, "test", 500):
+        each = [tf.nn.softmax(m(features, training=False)).numpy() for m in members]
+        assert np.abs(each[0] - each[1]).max() > 1e-3  # two different networks
+        outputs = served.serve(features["token_indexes"], features["sequence_length"])
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), np.mean(each, axis=0), atol=1e-5)
+        right += int((np.argmax(np.mean(each, axis=0), axis=1) == labels.numpy()).sum())
+        each_right += [(np.argmax(e, axis=1) == labels.numpy()).sum() for e in each]
+        total += len(labels)
+    assert total == metrics["test_reviews"]
+    assert metrics["test_accuracy"] == pytest.approx(right / total, abs=1e-6)
+    np.testing.assert_allclose(metrics["member_test_accuracy"], each_right / total, atol=1e-6)
 
 
 # --- the predict command (stages/apps/sentiment_predict.py) ----------------------------------------

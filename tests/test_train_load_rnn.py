@@ -17,6 +17,7 @@ import yaml
 
 from conftest import project_from_pipeline_run, run, stage_params
 from helpers import interrupted_and_resumed
+from stages.common.checkpoints import member_checkpoints, member_seeds
 from stages.common.cli import StageError
 from stages.models.load_rnn import build_load_rnn
 from stages.train_load_rnn import (
@@ -28,8 +29,6 @@ from stages.train_load_rnn import (
     learning_rate,
     mae,
     mape,
-    member_checkpoints,
-    member_seeds,
     naive_last_week,
     naive_yesterday,
     skill,

@@ -147,6 +147,16 @@ CHECKPOINTS_README = (
 )
 
 
+def member_seeds(seed: int, ensemble: int) -> list[int]:
+    """The seeds of an ensemble's networks: ``seed`` first, so ``ensemble: 1`` is the single network."""
+    return [seed + k for k in range(ensemble)]
+
+
+def member_checkpoints(ckpt: Path, k: int) -> Path:
+    """Member ``k``'s resumable checkpoints: the run's folder for the first, a subfolder for the others."""
+    return ckpt if k == 0 else ckpt / f"member-{k}"
+
+
 def clear_checkpoints(path: Path) -> None:
     """Drop a finished run's checkpoints: they exist only to resume an interrupted run.
 

@@ -10,6 +10,7 @@ here, unlike in the original.
 
 Options that regularize it for the real reviews, off by default (the tutorial's
 network): ``embedding_dropout`` (whole embedding channels dropped per review),
+``word_dropout`` (words replaced by ``<unk>`` in training),
 ``bidirectional`` (forward and backward layers; the padding is masked, so each
 direction's final output is its summary of the real tokens) and ``readout``
 pooling over the real steps (max, or mean and max concatenated).
@@ -54,6 +55,7 @@ def build_sentiment_rnn(
     *,
     embedding_dim: int,
     embedding_dropout: float,
+    word_dropout: float,
     cell: Literal["lstm", "gru"],
     units: int,
     bidirectional: bool,
@@ -74,7 +76,8 @@ def build_sentiment_rnn(
     tokens = keras.Input((None,), dtype="int64", name="token_indexes")  # (b, T), padded with 0
     lengths = keras.Input((), dtype="int64", name="sequence_length")  # (b,), real tokens incl. <eos>
     masked = bidirectional or readout != "last"  # id 0 is only ever padding (text.PAD_ID)
-    embedded = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=masked, name="embedding")(tokens)
+    words = _word_dropout_layer()(word_dropout, name="word_dropout")(tokens) if word_dropout else tokens
+    embedded = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=masked, name="embedding")(words)
     # embedded: (b, T, embedding_dim)
     if embedding_dropout:
         embedded = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(embedded)
@@ -95,6 +98,30 @@ def build_sentiment_rnn(
     logits = keras.layers.Dense(2, name="logits")(hidden)  # (b, 2): negative, positive
     name = f"sentiment_{'bi' if bidirectional else ''}{cell}"
     return keras.Model({"token_indexes": tokens, "sequence_length": lengths}, logits, name=name)
+
+
+def _word_dropout_layer():
+    import keras
+    import tensorflow as tf
+
+    from stages.datasets.imdb_text import EOS_ID, UNK_ID
+
+    class WordDropout(keras.layers.Layer):
+        """In training, each word becomes ``<unk>`` with probability ``rate`` (padding and ``<eos>`` stay),
+        so the network cannot lean on a few memorized words; at inference it passes the ids through."""
+
+        def __init__(self, rate: float, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.rate = rate
+            self.seed_generator = keras.random.SeedGenerator()  # drawn from the seeded global state
+
+        def call(self, tokens, training=None):
+            if not training:
+                return tokens
+            drop = keras.random.uniform(tf.shape(tokens), seed=self.seed_generator) < self.rate
+            return tf.where(drop & (tokens > EOS_ID), tf.constant(UNK_ID, tokens.dtype), tokens)
+
+    return WordDropout
 
 
 def _pooling_layer():
@@ -151,19 +178,23 @@ def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.n
 # --- export --------------------------------------------------------------------------------------
 
 
-def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path) -> None:
+def export_saved_model(models: list, vocab_file: Path, max_words: int, directory: Path) -> None:
     """A SavedModel for serving: the ``serve`` signature, the vocabulary asset and ``max_words``.
 
-    Loads with plain ``tf.saved_model.load`` (no Keras, no project code);
-    stages/apps/sentiment_predict.py reads the vocabulary and ``max_words`` from it
-    and encodes text with the functions tfrecords_imdb used.
+    ``models``: one network, or an ensemble's networks, whose ``logits`` are then the log of their mean
+    probabilities (so ``probabilities`` is that mean). Loads with plain ``tf.saved_model.load`` (no
+    Keras, no project code); stages/apps/sentiment_predict.py reads the vocabulary and ``max_words``
+    from it and encodes text with the functions tfrecords_imdb used.
     """
     import tensorflow as tf
 
     class SentimentModel(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            if len(models) == 1:
+                self.model = models[0]
+            else:
+                self.members = list(models)
             self.vocabulary = tf.saved_model.Asset(str(vocab_file))
             self.max_words = tf.Variable(max_words, dtype=tf.int64, trainable=False, name="max_words")
 
@@ -174,7 +205,12 @@ def export_saved_model(model, vocab_file: Path, max_words: int, directory: Path)
             ]
         )
         def serve(self, token_indexes, sequence_length):
-            logits = self.model({"token_indexes": token_indexes, "sequence_length": sequence_length}, training=False)
+            inputs = {"token_indexes": token_indexes, "sequence_length": sequence_length}
+            if len(models) == 1:
+                logits = self.model(inputs, training=False)
+            else:
+                each = [tf.nn.softmax(member(inputs, training=False)) for member in self.members]
+                logits = tf.math.log(tf.reduce_mean(tf.stack(each), axis=0))
             return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     from stages.common.export import save
