@@ -1,6 +1,6 @@
 """Validation accuracy of the mean probability of several sweep runs (each run's valid_logits.npy):
 
-    python results/imdb-rnn-search/ensemble.py RUN_DIR [RUN_DIR ...]
+python results/imdb-rnn-search/ensemble.py RUN_DIR [RUN_DIR ...]
 """
 
 import sys
