@@ -160,19 +160,27 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
     return trainer, history
 
 
-def ensemble_logits(trainers: list, batches) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, logits)`` of a split (``batches()`` gives its batches): one network's logits, or for an
-    ensemble the log of the networks' mean probabilities (so a softmax of them is that mean)."""
-    if len(trainers) == 1:
-        return trainers[0].predict_labelled(batches())
+def member_predictions(trainers: list, batches) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(labels, [each network's logits])`` of a split; ``batches()`` gives its batches."""
     outputs = [trainer.predict_labelled(batches()) for trainer in trainers]
-    probabilities = [softmax(logits) for _, logits in outputs]
-    return outputs[0][0], np.log(np.mean(probabilities, axis=0))
+    return outputs[0][0], [logits for _, logits in outputs]
+
+
+def mean_probability_logits(each: list[np.ndarray]) -> np.ndarray:
+    """One network's logits as they are; for an ensemble the log of the networks' mean probability
+    (so a softmax of it is that mean)."""
+    if len(each) == 1:
+        return each[0]
+    return np.log(np.mean([softmax(logits) for logits in each], axis=0))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
 
 
 # --- tutorial 08's memory-cell heatmap ---------------------------------------------------------------
@@ -245,10 +253,10 @@ def main() -> None:
     if p.ensemble == 1:
         valid_accuracy = trainer.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"]
     else:  # the mean probability's: no single network's accuracy describes it
-        valid_labels, valid_logits = ensemble_logits(trainers, lambda: text_batches(DATA_DIR, "valid", p.batch_size))
-        valid_accuracy = float(np.mean(np.argmax(valid_logits, axis=1) == valid_labels))
-    labels, logits = ensemble_logits(trainers, lambda: text_batches(DATA_DIR, "test", p.batch_size))
-    test, roc = binary_metrics(labels, logits)
+        valid_labels, valid_each = member_predictions(trainers, lambda: text_batches(DATA_DIR, "valid", p.batch_size))
+        valid_accuracy = accuracy(valid_labels, mean_probability_logits(valid_each))
+    labels, test_each = member_predictions(trainers, lambda: text_batches(DATA_DIR, "test", p.batch_size))
+    test, roc = binary_metrics(labels, mean_probability_logits(test_each))
     metrics = {
         "valid_accuracy": valid_accuracy,
         **{f"test_{name}": value for name, value in test.items()},
@@ -261,13 +269,8 @@ def main() -> None:
     if p.ensemble > 1:  # what averaging bought: each network alone, on the same reviews
         metrics |= {
             "ensemble": p.ensemble,
-            "member_valid_accuracy": [
-                member.evaluate(text_batches(DATA_DIR, "valid", p.batch_size))["val_accuracy"] for member in trainers
-            ],
-            "member_test_accuracy": [
-                binary_metrics(*member.predict_labelled(text_batches(DATA_DIR, "test", p.batch_size)))[0]["accuracy"]
-                for member in trainers
-            ],
+            "member_valid_accuracy": [accuracy(valid_labels, logits) for logits in valid_each],
+            "member_test_accuracy": [accuracy(labels, logits) for logits in test_each],
             "member_best_epoch": [member_history.best_epoch for _, member_history in members],
         }
     log.info(
