@@ -373,7 +373,8 @@ def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest_after_a_fai
         "import json, os, sys, time\n"
         "config = json.loads(os.environ['TF_CONFIG'])\n"
         "index = config['task']['index']\n"
-        "print(json.dumps(config), flush=True)\n"
+        # one write: worker 0's output is not relayed line by line (launch_workers' docstring)
+        "sys.stdout.write(json.dumps(config) + '\\n'); sys.stdout.flush()\n"
         "if index == 1:\n"
         "    sys.exit(3)\n"
         "time.sleep(0 if len(sys.argv) < 2 else float(sys.argv[1]))\n"
@@ -388,6 +389,7 @@ def test_launcher_gives_each_worker_its_tf_config_and_stops_the_rest_after_a_fai
         timeout=TIMEOUT_S,
     )
     assert ok.returncode == 3, ok.stderr  # worker 1's status
+    assert "launch_workers: worker 1 exited with status 3" in ok.stderr  # said even if all ended between polls
     lines = [line.split("{", 1) for line in ok.stdout.splitlines() if "cluster" in line]
     assert sorted(prefix for prefix, _ in lines) == ["", "worker 1: ", "worker 2: "]
     configs = [json.loads("{" + rest) for _, rest in lines]

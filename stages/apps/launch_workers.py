@@ -7,7 +7,10 @@ Picks N free ports on 127.0.0.1 and runs the command N times, each with the
 in the current folder. The stage must read ``distribute.strategy: multi_worker``
 from params.yaml (a stage with ``none`` refuses to run under TF_CONFIG).
 
-Worker 0's output passes as it is; the others' lines are prefixed ``worker i:``.
+Worker 0's output passes as it is (straight to the terminal, so its progress bars
+draw); the others' lines are prefixed ``worker i:`` and relayed whole, between
+two of worker 0's writes (Python's ``print`` writes a line's text and its newline
+separately when the output is not a terminal, so a relayed line can land between them).
 When a worker fails, the others stop by themselves (their collectives fail once
 its heartbeats stop, about 10 s); any still running ``--grace`` seconds later
 are terminated. The exit status is the first failure's (0 when all succeed).
@@ -108,10 +111,11 @@ def launch(command: Sequence[str], workers: int, grace_s: float = 90.0) -> int:
     except KeyboardInterrupt:
         _stop(processes, signal.SIGINT)
         status = status or 130
-    for process in processes:
+    for index, process in enumerate(processes):
         code = process.wait()
-        if code != 0 and status == 0:
+        if code != 0 and status == 0:  # every worker ended between two polls
             status = code if code > 0 else 128 - code
+            print(f"launch_workers: worker {index} exited with status {code}", file=sys.stderr, flush=True)
     for thread in threads:
         thread.join(timeout=5)
     return status
