@@ -73,6 +73,9 @@ class TrainSentimentRnnParams(TrainingSection):
     )
     embedding_dropout: float = Field(ge=0.0, lt=1.0, description="share of embedding channels dropped per review")
     word_dropout: float = Field(ge=0.0, lt=1.0, description="share of words replaced by <unk> in training")
+    nb_ratio_input: bool = Field(
+        description="append each word's Naive Bayes log-count ratio (training split, fixed) to its embedding"
+    )
     weight_decay: float = Field(ge=0.0, description="decoupled weight decay (AdamW) when > 0")
     learning_rate: float = Field(gt=0.0, description="Adam")
     batch_size: int = Field(ge=1)
@@ -115,6 +118,7 @@ def network(vocab_size: int, p: TrainSentimentRnnParams):
         readout=p.readout,
         dropout=p.dropout,
         dense_units=p.dense_units,
+        nb_ratio_input=p.nb_ratio_input,
     )
 
 
@@ -144,7 +148,15 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
     from stages.common.seeding import seed_everything
 
     seed_everything(seed)
-    trainer = new_trainer(int(read_spec(data_dir)["vocab_size"]), p)
+    vocab_size = int(read_spec(data_dir)["vocab_size"])
+    trainer = new_trainer(vocab_size, p)
+    if p.nb_ratio_input:
+        from stages.models.sentiment_ngram import nb_ratios
+        from stages.models.sentiment_rnn import set_nb_ratios
+
+        # Unigrams only: the one bigram bucket is dropped. Smoothing 1, as Wang & Manning's.
+        ratios = nb_ratios(text_batches(data_dir, "train", 256), vocab_size, buckets=1, alpha=1.0)
+        set_nb_ratios(trainer.model, ratios[:vocab_size])
     history = trainer.fit(
         train=lambda epoch: text_batches(
             data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, bucket_boundaries=p.bucket_boundaries

@@ -12,8 +12,11 @@ Options that regularize it for the real reviews, off by default (the tutorial's
 network): ``embedding_dropout`` (whole embedding channels dropped per review),
 ``word_dropout`` (words replaced by ``<unk>`` in training),
 ``bidirectional`` (forward and backward layers; the padding is masked, so each
-direction's final output is its summary of the real tokens) and ``readout``
-pooling over the real steps (max, or mean and max concatenated).
+direction's final output is its summary of the real tokens), ``readout``
+pooling over the real steps (max, or mean and max concatenated) and
+``nb_ratio_input``: each word's Naive Bayes log-count ratio (Wang & Manning 2012,
+as in the n-gram baseline), counted on the training split, as one more fixed
+input channel beside its embedding.
 
 ``export_saved_model`` writes a SavedModel that loads with plain
 ``tf.saved_model.load`` (no Keras, no project code) and carries what scoring new
@@ -33,6 +36,8 @@ from typing import Literal
 import numpy as np
 
 # --- the network ---------------------------------------------------------------------------------
+
+NB_RATIO = "nb_ratio"  # the layer holding each word's fixed Naive Bayes log-count ratio
 
 
 def _last_step_layer():
@@ -62,6 +67,7 @@ def build_sentiment_rnn(
     readout: Literal["last", "max", "mean_max"],
     dropout: float,
     dense_units: int,
+    nb_ratio_input: bool = False,
 ):
     """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits.
 
@@ -69,7 +75,8 @@ def build_sentiment_rnn(
     the tutorial's: embedding -> one recurrent layer read at each review's last real
     token -> dropout -> Dense(relu) -> 2 logits. ``embedding_dropout`` > 0 drops whole
     embedding channels (SpatialDropout1D), ``bidirectional`` adds a backward layer,
-    ``readout`` ``max`` / ``mean_max`` pools over the real steps instead.
+    ``readout`` ``max`` / ``mean_max`` pools over the real steps instead. ``nb_ratio_input``
+    appends each word's Naive Bayes log-count ratio to its embedding (fixed, :func:`set_nb_ratios`).
     """
     import keras
 
@@ -81,6 +88,11 @@ def build_sentiment_rnn(
     # embedded: (b, T, embedding_dim)
     if embedding_dropout:
         embedded = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(embedded)
+    if nb_ratio_input:  # one more channel: the word's NB log-count ratio, 0 until set_nb_ratios, never trained
+        ratio = keras.layers.Embedding(
+            vocab_size, 1, embeddings_initializer="zeros", trainable=False, mask_zero=masked, name=NB_RATIO
+        )(words)
+        embedded = keras.layers.Concatenate(name="word_features")([embedded, ratio])  # (b, T, embedding_dim + 1)
     recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell]
     if readout == "last" and not bidirectional:
         steps = recurrent(units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
@@ -150,6 +162,14 @@ def _pooling_layer():
     return PoolRealSteps
 
 
+def set_nb_ratios(model, ratios: np.ndarray) -> None:
+    """Put each word's Naive Bayes log-count ratio (``ratios``: (vocab_size,), fitted on the training
+    split) into a network built with ``nb_ratio_input``; the padding id's stays 0."""
+    values = np.asarray(ratios, np.float32).copy()
+    values[0] = 0.0
+    model.get_layer(NB_RATIO).set_weights([values[:, None]])
+
+
 # --- tutorial 08's memory cells ------------------------------------------------------------------
 
 
@@ -164,7 +184,10 @@ def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.n
 
     rnn = model.get_layer("rnn")
     rnn = getattr(rnn, "forward_layer", rnn)  # bidirectional: the forward direction reads the review as written
-    embedded = model.get_layer("embedding")(tf.constant(np.asarray(token_indexes)[None, :], tf.int64))  # (1, T, d)
+    ids = tf.constant(np.asarray(token_indexes)[None, :], tf.int64)
+    embedded = model.get_layer("embedding")(ids)  # (1, T, d)
+    if any(layer.name == NB_RATIO for layer in model.layers):
+        embedded = tf.concat([embedded, model.get_layer(NB_RATIO)(ids)], axis=-1)  # (1, T, d + 1)
     state = [tf.zeros((1, rnn.cell.units)) for _ in range(len(tf.nest.flatten(rnn.cell.state_size)))]
     hidden, memory = [], []
     for t in range(embedded.shape[1]):
