@@ -154,9 +154,8 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
         from stages.models.sentiment_ngram import nb_ratios
         from stages.models.sentiment_rnn import set_nb_ratios
 
-        # Unigrams only: the one bigram bucket is dropped. Smoothing 1, as Wang & Manning's.
-        ratios = nb_ratios(text_batches(data_dir, "train", 256), vocab_size, buckets=1, alpha=1.0)
-        set_nb_ratios(trainer.model, ratios[:vocab_size])
+        # Unigrams (the words' own ratios), smoothing 1 as Wang & Manning's.
+        set_nb_ratios(trainer.model, nb_ratios(text_batches(data_dir, "train", 256), vocab_size, buckets=0, alpha=1.0))
     history = trainer.fit(
         train=lambda epoch: text_batches(
             data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, bucket_boundaries=p.bucket_boundaries

@@ -101,11 +101,52 @@ def test_word_dropout_replaces_words_by_unk_in_training_only() -> None:
     check_padding_invariance(p)  # at inference the option changes nothing about padding
 
 
-def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
+def test_nb_ratio_input_is_a_fixed_channel_of_unigram_ratios_beside_the_embedding() -> None:
+    """Each word's NB log-count ratio, counted once per review on the training reviews, enters the
+    recurrent layer as one more channel; it is never trained, padding's is 0, and it keeps padding
+    invariance."""
+    from stages.models.sentiment_ngram import nb_ratios
+    from stages.models.sentiment_rnn import NB_RATIO, set_nb_ratios
+
+    p = stage_params(
+        "train_sentiment_rnn", TrainSentimentRnnParams, nb_ratio_input=True, units=4, embedding_dim=3, dense_units=4
+    )
+    # Word 5 in both positive reviews (twice in one: counted once), word 6 in the negative one only.
+    reviews = [[5, 5, 7, 2], [5, 8, 2], [6, 7, 2]]
+    labels = np.array([1, 1, 0])
+    batch = {"token_indexes": padded(reviews, 5), "sequence_length": np.array([4, 3, 3])}
+    ratios = nb_ratios([(batch, labels)], 10, buckets=0, alpha=1.0)
+    # |p|_1 = 10 + 5 real unigrams (5, 7, 2 | 5, 8, 2 distinct per review: 6) ... counted independently:
+    pos = np.ones(10) + np.bincount([5, 7, 2, 5, 8, 2], minlength=10)
+    neg = np.ones(10) + np.bincount([6, 7, 2], minlength=10)
+    np.testing.assert_allclose(ratios, np.log(pos / pos.sum()) - np.log(neg / neg.sum()), rtol=1e-6)
+    assert ratios[5] > 0 > ratios[6]
+
+    from stages.common.seeding import seed_everything
+
+    seed_everything(3)
+    model = network(10, p)
+    layer = model.get_layer(NB_RATIO)
+    assert not layer.trainable and all(w is not layer.embeddings for w in model.trainable_weights)
+    assert model.get_layer("rnn").input.shape[-1] == 3 + 1
+    before = model(batch).numpy()
+    set_nb_ratios(model, ratios)
+    table = layer.get_weights()[0][:, 0]
+    assert table[0] == 0.0
+    np.testing.assert_array_equal(table[1:], ratios[1:])
+    assert np.abs(model(batch).numpy() - before).max() > 1e-4  # the network reads the channel
+    check_padding_invariance(p, ratios=np.random.default_rng(1).normal(size=50))
+
+
+def check_padding_invariance(p: TrainSentimentRnnParams, ratios: np.ndarray | None = None) -> None:
     from stages.common.seeding import seed_everything
 
     seed_everything(3)
     model = network(50, p)
+    if ratios is not None:
+        from stages.models.sentiment_rnn import set_nb_ratios
+
+        set_nb_ratios(model, ratios)
     rng = np.random.default_rng(0)
     review = rng.integers(3, 50, size=23).tolist() + [2]  # ends with <eos>, as in the records
     other = rng.integers(3, 50, size=60).tolist() + [2]
@@ -126,20 +167,29 @@ def check_padding_invariance(p: TrainSentimentRnnParams) -> None:
     np.testing.assert_allclose(in_batch[1:2], other_alone.numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"]) -> None:
-    """Stepping the layer's own cell gives exactly the outputs the model reads."""
+@pytest.mark.parametrize(("cell", "nb_ratio_input"), [("lstm", False), ("gru", False), ("lstm", True)])
+def test_heatmap_states_come_from_the_trained_layer(cell: Literal["lstm", "gru"], nb_ratio_input: bool) -> None:
+    """Stepping the layer's own cell gives exactly the outputs the model reads (with the NB channel too)."""
     import keras
 
     from stages.common.seeding import seed_everything
+    from stages.models.sentiment_rnn import set_nb_ratios
 
     seed_everything(4)
     model = network(
         40,
         stage_params(
-            "train_sentiment_rnn", TrainSentimentRnnParams, cell=cell, units=6, embedding_dim=5, dense_units=4
+            "train_sentiment_rnn",
+            TrainSentimentRnnParams,
+            cell=cell,
+            units=6,
+            embedding_dim=5,
+            dense_units=4,
+            nb_ratio_input=nb_ratio_input,
         ),
     )
+    if nb_ratio_input:
+        set_nb_ratios(model, np.random.default_rng(2).normal(size=40))
     ids = np.random.default_rng(1).integers(3, 40, size=17)
     hidden, memory = recurrent_states(model, ids)
     steps = keras.Model(model.inputs, model.get_layer("rnn").output)
