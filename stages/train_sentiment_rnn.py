@@ -76,6 +76,10 @@ class TrainSentimentRnnParams(TrainingSection):
     nb_ratio_input: bool = Field(
         description="append each word's Naive Bayes log-count ratio (training split, fixed) to its embedding"
     )
+    nb_buckets: int = Field(ge=0, description="with nb_ratio_input: bigram hash buckets (0: the words' ratios only)")
+    nb_alpha: float = Field(
+        gt=0.0, description="smoothing count of those ratios: larger shrinks rare words' ratios towards 0"
+    )
     weight_decay: float = Field(ge=0.0, description="decoupled weight decay (AdamW) when > 0")
     learning_rate: float = Field(gt=0.0, description="Adam")
     batch_size: int = Field(ge=1)
@@ -119,6 +123,7 @@ def network(vocab_size: int, p: TrainSentimentRnnParams):
         dropout=p.dropout,
         dense_units=p.dense_units,
         nb_ratio_input=p.nb_ratio_input,
+        nb_buckets=p.nb_buckets,
     )
 
 
@@ -154,8 +159,8 @@ def train_model(p: TrainSentimentRnnParams, seed: int, data_dir: Path, checkpoin
         from stages.models.sentiment_ngram import nb_ratios
         from stages.models.sentiment_rnn import set_nb_ratios
 
-        # Unigrams (the words' own ratios), smoothing 1 as Wang & Manning's.
-        set_nb_ratios(trainer.model, nb_ratios(text_batches(data_dir, "train", 256), vocab_size, buckets=0, alpha=1.0))
+        train = text_batches(data_dir, "train", 256)
+        set_nb_ratios(trainer.model, nb_ratios(train, vocab_size, buckets=p.nb_buckets, alpha=p.nb_alpha))
     history = trainer.fit(
         train=lambda epoch: text_batches(
             data_dir, "train", p.batch_size, shuffle_seed=seed, epoch=epoch, bucket_boundaries=p.bucket_boundaries

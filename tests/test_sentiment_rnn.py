@@ -127,15 +127,45 @@ def test_nb_ratio_input_is_a_fixed_channel_of_unigram_ratios_beside_the_embeddin
     seed_everything(3)
     model = network(10, p)
     layer = model.get_layer(NB_RATIO)
-    assert not layer.trainable and all(w is not layer.embeddings for w in model.trainable_weights)
+    assert not layer.trainable_weights and all(w is not layer.table for w in model.trainable_weights)
     assert model.get_layer("rnn").input.shape[-1] == 3 + 1
     before = model(batch).numpy()
     set_nb_ratios(model, ratios)
-    table = layer.get_weights()[0][:, 0]
+    table = layer.get_weights()[0]
     assert table[0] == 0.0
     np.testing.assert_array_equal(table[1:], ratios[1:])
     assert np.abs(model(batch).numpy() - before).max() > 1e-4  # the network reads the channel
     check_padding_invariance(p, ratios=np.random.default_rng(1).normal(size=50))
+
+
+def test_nb_bigram_channel_reads_the_ratio_of_the_pair_ending_at_each_word() -> None:
+    """With ``nb_buckets`` the second channel at word t is the ratio of the n-gram baseline's bigram
+    feature (t - 1, t); the first word has none (0). Padding invariance holds."""
+    from stages.models.sentiment_ngram import bigram_ids, ngram_features
+    from stages.models.sentiment_rnn import NB_RATIO, set_nb_ratios
+
+    p = stage_params(
+        "train_sentiment_rnn",
+        TrainSentimentRnnParams,
+        nb_ratio_input=True,
+        nb_buckets=16,
+        units=4,
+        embedding_dim=3,
+        dense_units=4,
+        bidirectional=True,
+    )
+    model = network(50, p)
+    ratios = np.random.default_rng(4).normal(size=50 + 16).astype(np.float32)
+    set_nb_ratios(model, ratios)
+    review = np.array([[7, 9, 9, 30, 2]])
+    channels = model.get_layer(NB_RATIO)(review).numpy()[0]  # (T, 2)
+    np.testing.assert_array_equal(channels[:, 0], ratios[review[0]])
+    pairs = bigram_ids(review, 50, 16).numpy()[0]
+    assert set(pairs) <= set(range(50, 66))
+    ids, present = ngram_features(review, np.array([5]), 50, 16)  # the same ids as the baseline's features
+    assert set(pairs) <= set(ids.numpy()[present.numpy()])
+    np.testing.assert_array_equal(channels[:, 1], np.concatenate([[0.0], ratios[pairs]]))
+    check_padding_invariance(p, ratios=ratios)
 
 
 def check_padding_invariance(p: TrainSentimentRnnParams, ratios: np.ndarray | None = None) -> None:

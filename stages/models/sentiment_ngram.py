@@ -34,6 +34,17 @@ _MULTIPLIER = 2654435761
 _PRIME = 2**31 - 1  # pair keys are reduced below it first, so the product fits in int64
 
 
+def bigram_ids(tokens: Any, vocab_size: int, buckets: int) -> Any:
+    """The feature id of each pair of neighbouring tokens, ``vocab_size + hash(pair) % buckets``: (b, T - 1)
+    for int64 ``tokens`` (b, T)."""
+    import tensorflow as tf
+
+    pairs = tf.math.floormod(tokens[:, :-1] * vocab_size + tokens[:, 1:], _PRIME)  # (b, T - 1)
+    mixed = pairs * _MULTIPLIER
+    mixed = tf.bitwise.bitwise_xor(mixed, tf.bitwise.right_shift(mixed, tf.constant(29, tf.int64)))
+    return vocab_size + tf.math.floormod(mixed, buckets)
+
+
 def ngram_features(token_indexes: Any, sequence_length: Any, vocab_size: int, buckets: int) -> tuple[Any, Any]:
     """The n-gram ids of each review, sorted, and which of them count: ``(ids, present)``, each (b, 2T - 1).
 
@@ -47,13 +58,10 @@ def ngram_features(token_indexes: Any, sequence_length: Any, vocab_size: int, bu
     length = tf.cast(sequence_length, tf.int64)[:, None]  # (b, 1)
     positions = tf.range(tf.shape(tokens, out_type=tf.int64)[1])[None, :]  # (1, T)
     unigrams = tf.where(positions < length, tokens, 0)  # (b, T)
-    if buckets == 0:  # unigrams only (the RNN's nb_ratio_input)
+    if buckets == 0:  # unigrams only
         ids = tf.sort(unigrams, axis=1)  # (b, T)
     else:
-        pairs = tf.math.floormod(tokens[:, :-1] * vocab_size + tokens[:, 1:], _PRIME)  # (b, T - 1)
-        mixed = pairs * _MULTIPLIER
-        mixed = tf.bitwise.bitwise_xor(mixed, tf.bitwise.right_shift(mixed, tf.constant(29, tf.int64)))
-        bigrams = tf.where(positions[:, 1:] < length, vocab_size + tf.math.floormod(mixed, buckets), 0)  # (b, T - 1)
+        bigrams = tf.where(positions[:, 1:] < length, bigram_ids(tokens, vocab_size, buckets), 0)  # (b, T - 1)
         ids = tf.sort(tf.concat([unigrams, bigrams], axis=1), axis=1)  # (b, 2T - 1): padding's zeros first
     first = tf.concat([tf.ones_like(ids[:, :1], tf.bool), ids[:, 1:] != ids[:, :-1]], axis=1)
     return ids, first & (ids != 0)

@@ -15,8 +15,8 @@ network): ``embedding_dropout`` (whole embedding channels dropped per review),
 direction's final output is its summary of the real tokens), ``readout``
 pooling over the real steps (max, or mean and max concatenated) and
 ``nb_ratio_input``: each word's Naive Bayes log-count ratio (Wang & Manning 2012,
-as in the n-gram baseline), counted on the training split, as one more fixed
-input channel beside its embedding.
+as in the n-gram baseline) and, with ``nb_buckets``, its bigram's, counted on
+the training split, as fixed input channels beside its embedding.
 
 ``export_saved_model`` writes a SavedModel that loads with plain
 ``tf.saved_model.load`` (no Keras, no project code) and carries what scoring new
@@ -68,6 +68,7 @@ def build_sentiment_rnn(
     dropout: float,
     dense_units: int,
     nb_ratio_input: bool = False,
+    nb_buckets: int = 0,
 ):
     """The tutorial's network over ``{"token_indexes": (b, T), "sequence_length": (b,)}`` -> 2 logits.
 
@@ -76,7 +77,8 @@ def build_sentiment_rnn(
     token -> dropout -> Dense(relu) -> 2 logits. ``embedding_dropout`` > 0 drops whole
     embedding channels (SpatialDropout1D), ``bidirectional`` adds a backward layer,
     ``readout`` ``max`` / ``mean_max`` pools over the real steps instead. ``nb_ratio_input``
-    appends each word's Naive Bayes log-count ratio to its embedding (fixed, :func:`set_nb_ratios`).
+    appends each word's Naive Bayes log-count ratio to its embedding and, with ``nb_buckets`` > 0, the
+    ratio of the bigram it ends (hashed into that many buckets): fixed, :func:`set_nb_ratios`.
     """
     import keras
 
@@ -88,11 +90,9 @@ def build_sentiment_rnn(
     # embedded: (b, T, embedding_dim)
     if embedding_dropout:
         embedded = keras.layers.SpatialDropout1D(embedding_dropout, name="embedding_dropout")(embedded)
-    if nb_ratio_input:  # one more channel: the word's NB log-count ratio, 0 until set_nb_ratios, never trained
-        ratio = keras.layers.Embedding(
-            vocab_size, 1, embeddings_initializer="zeros", trainable=False, mask_zero=masked, name=NB_RATIO
-        )(words)
-        embedded = keras.layers.Concatenate(name="word_features")([embedded, ratio])  # (b, T, embedding_dim + 1)
+    if nb_ratio_input:  # more channels: NB log-count ratios, 0 until set_nb_ratios, never trained
+        ratios = _nb_ratio_layer()(vocab_size, nb_buckets, masked, name=NB_RATIO)(words)  # (b, T, 1 or 2)
+        embedded = keras.layers.Concatenate(name="word_features")([embedded, ratios])  # (b, T, embedding_dim + 1|2)
     recurrent = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell]
     if readout == "last" and not bidirectional:
         steps = recurrent(units, return_sequences=True, name="rnn")(embedded)  # (b, T, units)
@@ -136,6 +136,38 @@ def _word_dropout_layer():
     return WordDropout
 
 
+def _nb_ratio_layer():
+    import keras
+    import tensorflow as tf
+
+    from stages.models.sentiment_ngram import bigram_ids
+
+    class NbRatios(keras.layers.Layer):
+        """Each token's NB log-count ratio and, with ``buckets``, that of the bigram ending at it
+        (the first token's: 0): (b, T, 1 or 2). One fixed table, ``vocab_size + buckets`` ratios,
+        indexed as the n-gram baseline's features."""
+
+        def __init__(self, vocab_size: int, buckets: int, masked: bool, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.vocab_size, self.buckets, self.masked = vocab_size, buckets, masked
+            self.table = self.add_weight(
+                shape=(vocab_size + buckets,), initializer="zeros", trainable=False, name="ratios"
+            )
+
+        def call(self, tokens):
+            tokens = tf.cast(tokens, tf.int64)
+            channels = [tf.gather(self.table, tokens)]
+            if self.buckets:
+                ends = bigram_ids(tokens, self.vocab_size, self.buckets)  # (b, T - 1): the pair (t - 1, t) at t
+                channels.append(tf.gather(self.table, tf.concat([tf.zeros_like(tokens[:, :1]), ends], axis=1)))
+            return tf.stack(channels, axis=-1)
+
+        def compute_mask(self, tokens, mask=None):
+            return keras.ops.not_equal(tokens, 0) if self.masked else None
+
+    return NbRatios
+
+
 def _pooling_layer():
     import keras
     import tensorflow as tf
@@ -163,11 +195,12 @@ def _pooling_layer():
 
 
 def set_nb_ratios(model, ratios: np.ndarray) -> None:
-    """Put each word's Naive Bayes log-count ratio (``ratios``: (vocab_size,), fitted on the training
-    split) into a network built with ``nb_ratio_input``; the padding id's stays 0."""
+    """Put the Naive Bayes log-count ratios (``ratios``: (vocab_size + nb_buckets,), fitted on the training
+    split, as ``sentiment_ngram.nb_ratios`` gives them) into a network built with ``nb_ratio_input``;
+    the padding id's stays 0."""
     values = np.asarray(ratios, np.float32).copy()
     values[0] = 0.0
-    model.get_layer(NB_RATIO).set_weights([values[:, None]])
+    model.get_layer(NB_RATIO).table.assign(values)
 
 
 # --- tutorial 08's memory cells ------------------------------------------------------------------
@@ -187,7 +220,7 @@ def recurrent_states(model, token_indexes: np.ndarray) -> tuple[np.ndarray, np.n
     ids = tf.constant(np.asarray(token_indexes)[None, :], tf.int64)
     embedded = model.get_layer("embedding")(ids)  # (1, T, d)
     if any(layer.name == NB_RATIO for layer in model.layers):
-        embedded = tf.concat([embedded, model.get_layer(NB_RATIO)(ids)], axis=-1)  # (1, T, d + 1)
+        embedded = tf.concat([embedded, model.get_layer(NB_RATIO)(ids)], axis=-1)  # (1, T, d + 1|2)
     state = [tf.zeros((1, rnn.cell.units)) for _ in range(len(tf.nest.flatten(rnn.cell.state_size)))]
     hidden, memory = [], []
     for t in range(embedded.shape[1]):
