@@ -34,15 +34,14 @@ _MULTIPLIER = 2654435761
 _PRIME = 2**31 - 1  # pair keys are reduced below it first, so the product fits in int64
 
 
-def bigram_ids(tokens: Any, vocab_size: int, buckets: int) -> Any:
-    """The feature id of each pair of neighbouring tokens, ``vocab_size + hash(pair) % buckets``: (b, T - 1)
-    for int64 ``tokens`` (b, T)."""
+def pair_hashes(tokens: Any, vocab_size: int) -> Any:
+    """A hash of each pair of neighbouring tokens (int64 ``tokens`` (b, T) -> (b, T - 1)); the pair's
+    feature id is ``vocab_size + hash % buckets``."""
     import tensorflow as tf
 
     pairs = tf.math.floormod(tokens[:, :-1] * vocab_size + tokens[:, 1:], _PRIME)  # (b, T - 1)
     mixed = pairs * _MULTIPLIER
-    mixed = tf.bitwise.bitwise_xor(mixed, tf.bitwise.right_shift(mixed, tf.constant(29, tf.int64)))
-    return vocab_size + tf.math.floormod(mixed, buckets)
+    return tf.bitwise.bitwise_xor(mixed, tf.bitwise.right_shift(mixed, tf.constant(29, tf.int64)))
 
 
 def ngram_features(token_indexes: Any, sequence_length: Any, vocab_size: int, buckets: int) -> tuple[Any, Any]:
@@ -61,7 +60,8 @@ def ngram_features(token_indexes: Any, sequence_length: Any, vocab_size: int, bu
     if buckets == 0:  # unigrams only
         ids = tf.sort(unigrams, axis=1)  # (b, T)
     else:
-        bigrams = tf.where(positions[:, 1:] < length, bigram_ids(tokens, vocab_size, buckets), 0)  # (b, T - 1)
+        mixed = pair_hashes(tokens, vocab_size)  # first: the SavedModel's graph keeps its op order, so its bytes
+        bigrams = tf.where(positions[:, 1:] < length, vocab_size + tf.math.floormod(mixed, buckets), 0)  # (b, T - 1)
         ids = tf.sort(tf.concat([unigrams, bigrams], axis=1), axis=1)  # (b, 2T - 1): padding's zeros first
     first = tf.concat([tf.ones_like(ids[:, :1], tf.bool), ids[:, 1:] != ids[:, :-1]], axis=1)
     return ids, first & (ids != 0)

@@ -140,7 +140,7 @@ def _nb_ratio_layer():
     import keras
     import tensorflow as tf
 
-    from stages.models.sentiment_ngram import bigram_ids
+    from stages.models.sentiment_ngram import pair_hashes
 
     class NbRatios(keras.layers.Layer):
         """Each token's NB log-count ratio and, with ``buckets``, that of the bigram ending at it
@@ -158,7 +158,8 @@ def _nb_ratio_layer():
             tokens = tf.cast(tokens, tf.int64)
             channels = [tf.gather(self.table, tokens)]
             if self.buckets:
-                ends = bigram_ids(tokens, self.vocab_size, self.buckets)  # (b, T - 1): the pair (t - 1, t) at t
+                # (b, T - 1): the feature id of the pair (t - 1, t), as the n-gram baseline's
+                ends = self.vocab_size + tf.math.floormod(pair_hashes(tokens, self.vocab_size), self.buckets)
                 channels.append(tf.gather(self.table, tf.concat([tf.zeros_like(tokens[:, :1]), ends], axis=1)))
             return tf.stack(channels, axis=-1)
 
