@@ -236,3 +236,33 @@ def test_report_reads_the_baseline_params_dvc_names(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(BASELINE_ENV, "0" * 40)
     with pytest.raises(StageError, match=rf"^{BASELINE_ENV}: cannot read 0{{40}}:params.yaml \(fatal: "):
         baseline_params()
+
+
+RECIPE_SECTIONS = {  # the params class each section of recipes/real-data.yaml configures
+    "imdb": "stages.download_imdb:ImdbParams",
+    "fer2013": "stages.download_fer2013:Fer2013Params",
+    "series": "stages.make_series:SeriesParams",
+    "tfrecords_series": "stages.tfrecords_series:TfrecordsSeriesParams",
+    "train_load_rnn": "stages.train_load_rnn:TrainLoadRnnParams",
+    "train_emotion_cnn": "stages.train_emotion_cnn:TrainEmotionCnnParams",
+    "train_sentiment_rnn": "stages.train_sentiment_rnn:TrainSentimentRnnParams",
+    "train_sentiment_ngram": "stages.train_sentiment_ngram:TrainSentimentNgramParams",
+}
+
+
+def test_the_real_data_recipe_is_valid_params(tmp_path: Path) -> None:
+    """`make real` runs for hours: a misspelt key or a value out of bounds in its recipe must fail
+    here, not when its stage starts after the ones before it have run."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    merged = yaml.safe_load((root / "params.yaml").read_text())
+    recipe = yaml.safe_load((root / "recipes/real-data.yaml").read_text())
+    assert set(recipe) <= set(RECIPE_SECTIONS), f"a new section: add its params class to RECIPE_SECTIONS: {recipe}"
+    for section, values in recipe.items():
+        merged[section] = {**merged[section], **values}
+    path = write_params(tmp_path / "params.yaml", merged)
+    for section in recipe:
+        module, name = RECIPE_SECTIONS[section].split(":")
+        _, p = load_params(section, getattr(importlib.import_module(module), name), path)
+        assert all(getattr(p, key) == value for key, value in recipe[section].items()), section
