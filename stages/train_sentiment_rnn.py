@@ -304,7 +304,7 @@ def main() -> None:
     _, memory = recurrent_states(trainer.model, ids)
     review = [{"token_indexes": ids[None, :], "sequence_length": np.array([len(ids)])}]
     review_logits = [member.predict(review)[0] for member in trainers]
-    probability = float(np.mean([np.exp(x[POSITIVE]) / np.exp(x).sum() for x in review_logits]))
+    probability = float(softmax(np.stack(review_logits))[:, POSITIVE].mean())
     with atomic_outputs() as out:
         write_json(out.file(METRICS), metrics)
         write_history(out.file(PLOTS / "history.tsv"), history)

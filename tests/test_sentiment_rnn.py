@@ -116,7 +116,7 @@ def test_nb_ratio_input_is_a_fixed_channel_of_unigram_ratios_beside_the_embeddin
     labels = np.array([1, 1, 0])
     batch = {"token_indexes": padded(reviews, 5), "sequence_length": np.array([4, 3, 3])}
     ratios = nb_ratios([(batch, labels)], 10, buckets=0, alpha=1.0)
-    # |p|_1 = 10 + 5 real unigrams (5, 7, 2 | 5, 8, 2 distinct per review: 6) ... counted independently:
+    # Counted here: each review's distinct words, plus the smoothing 1 of every word.
     pos = np.ones(10) + np.bincount([5, 7, 2, 5, 8, 2], minlength=10)
     neg = np.ones(10) + np.bincount([6, 7, 2], minlength=10)
     np.testing.assert_allclose(ratios, np.log(pos / pos.sum()) - np.log(neg / neg.sum()), rtol=1e-6)
