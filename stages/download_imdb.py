@@ -253,7 +253,10 @@ def copy_movie_lists(src: Path, dst: Path, folders: list[tuple[str, str]], where
     a partial set of lists is ignored, as if there were none.
     """
     lists = {(split, label): src / split / f"urls_{label}.txt" for split, label in folders}
-    if not all(path.is_file() for path in lists.values()):
+    missing = [path for path in lists.values() if not path.is_file()]
+    if missing:
+        if len(missing) < len(lists):  # said, since tfrecords_imdb then carves a random validation split
+            log.warning("%s: missing, so no movie list is used (validation split: random)", where(missing[0]))
         return None
     movies: dict[str, set[str]] = {}
     for (split, label), path in lists.items():

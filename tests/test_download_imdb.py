@@ -423,6 +423,14 @@ def test_movie_lists_are_kept_checked_and_counted(workdir: Path, tmp_path: Path)
     movie = movie_of(raw, "train")
     assert movie is not None and movie[(1, 0)] == "http://www.imdb.com/title/tt0000000/usercomments"
 
+    (tree / "test/urls_pos.txt").rename(tmp_path / "urls_pos.txt")  # a partial set: ignored, and said
+    result = stage(workdir, source="path", path=str(tree))
+    ok(result)
+    assert "test/urls_pos.txt: missing, so no movie list is used" in result.stderr, result.stderr
+    assert report(workdir)["movies"] is None and not (raw / "train/urls_pos.txt").exists()
+    (tmp_path / "urls_pos.txt").rename(tree / "test/urls_pos.txt")
+
+    ok(stage(workdir, source="path", path=str(tree)))
     before = snapshot(workdir)
     lines = (tree / "train/urls_neg.txt").read_text().splitlines()
     (tree / "train/urls_neg.txt").write_text("\n".join(lines[:2]) + "\n")
