@@ -54,6 +54,7 @@ bench: setup
 	python -m bench.bench_fer2013_epoch
 	python -m bench.bench_sentiment_rnn
 	python -m bench.bench_numerics
+	python -m bench.bench_pipeline
 
 # qemu-user runs x86-64 programs on emulated CPUs (other vendors, caches, instruction sets): the
 # cross-CPU check needs it. Installed with apt-get where this runs as root on Debian/Ubuntu;
