@@ -38,7 +38,7 @@ def repro_seconds(rev: str, scratch: Path) -> dict[str, Any]:
     """One ``dvc repro`` from nothing in a fresh clone at ``rev``: its wall time and whether it left git clean."""
     project = scratch / "project"
     shutil.rmtree(project, ignore_errors=True)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
+    git("clone", "-q", str(ROOT), str(project))
     git("checkout", "-q", rev, cwd=project)
     (project / ".venv").symlink_to(ROOT / ".venv")
     venv_bin = str(ROOT / ".venv" / "bin")
